@@ -1,0 +1,1 @@
+"""om2p clients."""

@@ -1,0 +1,5 @@
+import sys
+
+from om2p.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""The `om2p` command line. Each part of the product registers its own subcommands; heavy imports
+(torch, onnxruntime, environments) happen inside the handlers so that `om2p serve` never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+# Each module exposes `register(subparsers)`; the order is the order of `om2p --help`.
+COMMAND_MODULES = (
+    "training.data.cli",  # om2p data ...
+    "training.cli",  # om2p train, om2p eval
+    "export.cli",  # om2p export
+    "server.cli",  # om2p serve
+    "clients.cli",  # om2p loadgen, om2p control
+)
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line with exit code 2, never a traceback."""
+
+
+def _envs(args: argparse.Namespace) -> int:
+    from training.envs import ENV_NAMES, env_spec
+
+    specs = [env_spec(name).to_dict() for name in ENV_NAMES]
+    if args.json:
+        print(json.dumps(specs, indent=2))
+        return 0
+    for spec in specs:
+        print(f"{spec['name']}  ({spec['backend']}, {spec['episode_length']} steps per episode)")
+        for index, agent in enumerate(spec["agents"]):
+            low, high = spec["native_low"][index], spec["native_high"][index]
+            bounds = f"[{min(low):g}, {max(high):g}]"
+            print(
+                f"  {agent:<16} obs {spec['obs_dims'][index]:>3}  act {spec['act_dims'][index]:>2}"
+                f"  native bounds {bounds}"
+            )
+        if spec["opponents"]:
+            print(f"  fixed policy for: {', '.join(spec['opponents'])}")
+        if spec["padded"]:
+            print(f"  padded to obs {spec['obs_dim']}, act {spec['act_dim']} (masks in the metadata)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="om2p", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    envs = subparsers.add_parser("envs", help="list the benchmark environments and their dims")
+    envs.add_argument("--json", action="store_true", help="print JSON instead of text")
+    envs.set_defaults(handler=_envs)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            # Skip a part that is not in this build; a missing dependency of a part that is, is an error.
+            if error.name is None or not module_name.startswith(error.name):
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (CommandError, FileNotFoundError, ValueError) as error:
+        print(f"om2p {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
