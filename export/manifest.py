@@ -79,7 +79,9 @@ class ModelManifest(BaseModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelManifest:
-        if len(self.action_mask) != self.n_agents or any(len(row) != self.act_dim for row in self.action_mask):
+        if len(self.action_mask) != self.n_agents or any(
+            len(row) != self.act_dim for row in self.action_mask
+        ):
             raise ValueError(f"action_mask must be [{self.n_agents}][{self.act_dim}]")
         expected = {
             "obs": [-1, self.n_agents, self.obs_dim],
@@ -138,7 +140,9 @@ def resolve_version_dir(model_path: Path, name: str | None = None) -> Path:
     model_path = Path(model_path)
     if (model_path / MANIFEST_FILENAME).is_file():
         return model_path
-    versions = sorted((p for p in model_path.glob("*") if p.name.isdigit() and p.is_dir()), key=lambda p: int(p.name))
+    versions = sorted(
+        (p for p in model_path.glob("*") if p.name.isdigit() and p.is_dir()), key=lambda p: int(p.name)
+    )
     if versions:
         return versions[-1]
     models = sorted(p for p in model_path.glob("*") if p.is_dir() and not p.name.startswith("."))

@@ -21,7 +21,12 @@ class GroupedLinear(nn.Module):
 
     def __init__(self, n_groups: int, in_features: int, out_features: int, shared: bool = False) -> None:
         super().__init__()
-        self.n_groups, self.in_features, self.out_features, self.shared = n_groups, in_features, out_features, shared
+        self.n_groups, self.in_features, self.out_features, self.shared = (
+            n_groups,
+            in_features,
+            out_features,
+            shared,
+        )
         stored = 1 if shared else n_groups
         self.weight = nn.Parameter(torch.empty(stored, in_features, out_features))
         self.bias = nn.Parameter(torch.empty(stored, 1, out_features))

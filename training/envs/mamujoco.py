@@ -40,7 +40,9 @@ class MaMuJoCoEnv(MultiAgentEnv):
         observations, rewards, terminations, _, _ = self._env.step(joint)
         terminated = any(terminations.values())
         if not observations:  # the wrapper empties its agents at the end of an episode
-            observations = {agent: np.zeros(self._env.observation_space(agent).shape) for agent in self._agents}
+            observations = {
+                agent: np.zeros(self._env.observation_space(agent).shape) for agent in self._agents
+            }
         return (
             [np.asarray(observations[agent], dtype=np.float32) for agent in self._agents],
             float(rewards[self._agents[0]]),
