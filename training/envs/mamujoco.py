@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 
 from training.envs.base import MultiAgentEnv
@@ -15,7 +18,9 @@ class MaMuJoCoEnv(MultiAgentEnv):
 
     def __init__(self, name: str, scenario: str, agent_conf: str, agent_obsk: int = 1) -> None:
         super().__init__()
-        from gymnasium_robotics import mamujoco_v1
+        # gymnasium-robotics prints a notice about Adroit environments on import; it does not concern us.
+        with contextlib.redirect_stderr(io.StringIO()):
+            from gymnasium_robotics import mamujoco_v1
 
         self._env = mamujoco_v1.parallel_env(scenario, agent_conf, agent_obsk=agent_obsk)
         self._agents = tuple(self._env.possible_agents)
