@@ -1,0 +1,43 @@
+import json
+
+import numpy as np
+
+from training.behaviour.actor import load_actor
+from training.behaviour.matd3 import MATD3Config, train
+from training.behaviour.registry import load_manifest
+from training.envs import env_spec
+
+ENV = "cooperative_navigation"
+
+
+def test_run_writes_checkpoints_and_evaluations(tiny_run):
+    history = json.loads((tiny_run / "evaluations.json").read_text())
+    assert [h["step"] for h in history] == [0, 100, 200, 300, 400]
+    assert all(np.isfinite(h["mean_return"]) for h in history)
+    assert "critic_loss" in history[-1]
+    actor, info = load_actor(tiny_run / "checkpoints" / "step_00000400", env_spec(ENV))
+    assert info["step"] == 400
+    # Learning happened: the last actor differs from the initial one.
+    initial, _ = load_actor(tiny_run / "checkpoints" / "step_00000000", env_spec(ENV))
+    assert not np.allclose(actor.net.layers[0].weight.detach(), initial.net.layers[0].weight.detach())
+
+
+def test_resume_continues_the_run(tmp_path):
+    config = MATD3Config(
+        env=ENV, steps=200, seed=5, warmup=50, eval_interval=100, eval_episodes=2, batch_size=16
+    )
+    train(config, tmp_path / "run")
+    config.steps = 300
+    history = train(config, tmp_path / "run", resume=True)
+    assert [h["step"] for h in history] == [0, 100, 200, 300]
+    progress = json.loads((tmp_path / "run" / "state" / "progress.json").read_text())
+    assert progress["step"] == 300 and progress["updates"] > 0
+
+
+def test_shipped_manifest_orders_the_qualities(checkpoint_root):
+    manifest = load_manifest(ENV, checkpoint_root)
+    qualities = manifest["qualities"]
+    assert qualities["random"]["step"] == 0
+    assert qualities["medium"]["step"] <= qualities["expert"]["step"]
+    assert manifest["reference_returns"]["expert"] == qualities["expert"]["mean_return"]
+    assert manifest["medium_replay"]["actors"][0]["step"] == 0

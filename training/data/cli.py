@@ -1,0 +1,184 @@
+"""`om2p data ...`: train behaviour policies, ship them, collect, describe and import datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DEFAULT_TRANSITIONS = 25_000
+"""`make-default` size per dataset: whole minutes on two cores; the paper's size is 1_000_000."""
+
+
+def _train_behaviour(args: argparse.Namespace) -> int:
+    from training.behaviour.matd3 import MATD3Config, train
+    from training.envs import ENV_NAMES
+
+    if args.env not in ENV_NAMES:
+        raise ValueError(f"--env: unknown environment {args.env!r}; choose one of {', '.join(ENV_NAMES)}")
+    config = MATD3Config(env=args.env, steps=args.steps, seed=args.seed)
+    for name in ("n_envs", "eval_interval", "warmup", "updates_per_step", "threads"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    history = train(config, Path(args.out), resume=args.resume)
+    best = max(history, key=lambda h: h["mean_return"])
+    print(
+        f"{args.out}: {len(history)} evaluations; best return {best['mean_return']:.2f} at step {best['step']}"
+    )
+    return 0
+
+
+def _ship_behaviour(args: argparse.Namespace) -> int:
+    from training.behaviour.registry import ship_behaviour
+
+    manifest = ship_behaviour(
+        Path(args.run), args.env, Path(args.root) if args.root else None, eval_episodes=args.episodes
+    )
+    for quality, entry in manifest["qualities"].items():
+        print(
+            f"{quality:<8} step {entry['step']:>8}  mean return {entry['mean_return']:.2f} +- {entry['std_return']:.2f}"
+        )
+    print(
+        f"medium-replay: {len(manifest['medium_replay']['actors'])} actors up to step "
+        f"{manifest['medium_replay']['until_step']}"
+    )
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from training.data.collect import collect
+    from training.data.describe import describe, format_summary
+    from training.data.format import save_dataset
+
+    dataset = collect(
+        args.env,
+        args.quality,
+        args.transitions,
+        args.seed,
+        checkpoints_root=Path(args.checkpoints) if args.checkpoints else None,
+    )
+    path = save_dataset(args.out, dataset)
+    print(format_summary(describe(dataset, path)))
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from training.data.describe import describe, format_summary, plot_returns
+    from training.data.format import load_dataset
+
+    dataset = load_dataset(args.file, env=args.env)
+    summary = describe(dataset, args.file)
+    if args.plot:
+        plot_returns([(summary["quality"], dataset)], args.plot)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+        if args.plot:
+            print(f"  histogram         {args.plot}")
+    return 0
+
+
+def _make_default(args: argparse.Namespace) -> int:
+    from training.data.collect import collect
+    from training.data.describe import describe, format_summary, plot_returns
+    from training.data.format import QUALITIES, save_dataset
+
+    out = Path(args.out)
+    made = []
+    for env in args.envs:
+        datasets = []
+        for quality in QUALITIES:
+            started = time.perf_counter()
+            dataset = collect(env, quality, args.transitions, args.seed)
+            path = save_dataset(out / env / f"{quality}.npz", dataset)
+            print(
+                format_summary(describe(dataset, path)) + f"\n  made in {time.perf_counter() - started:.0f} s"
+            )
+            datasets.append((quality, dataset))
+            made.append(path)
+        if args.plot_dir:
+            plot = plot_returns(datasets, Path(args.plot_dir) / f"{env}_returns.png")
+            print(f"{plot}: episode-return histograms")
+    return 0
+
+
+def _import_omar(args: argparse.Namespace) -> int:
+    from training.data.describe import describe, format_summary
+    from training.data.format import save_dataset
+    from training.data.omar import import_omar, omar_data_dir
+
+    refs = None
+    if args.expert_return is not None and args.random_return is not None:
+        refs = {"expert": args.expert_return, "random": args.random_return}
+    data_dir = omar_data_dir(Path(args.root), args.env, args.quality, args.seed)
+    dataset = import_omar(data_dir, args.env, args.quality, args.seed, refs)
+    path = save_dataset(args.out, dataset)
+    print(format_summary(describe(dataset, path)))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from training.data.format import QUALITIES
+
+    data = subparsers.add_parser("data", help="offline datasets: behaviour policies, collection, description")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    p = sub.add_parser("train-behaviour", help="train a MATD3 behaviour policy online (resumable)")
+    p.add_argument("--env", required=True)
+    p.add_argument("--steps", type=int, default=200_000, help="environment transitions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory (checkpoints, evaluations.json, state/)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state if present")
+    p.add_argument("--n-envs", dest="n_envs", type=int)
+    p.add_argument("--eval-interval", dest="eval_interval", type=int)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--updates-per-step", dest="updates_per_step", type=float)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(handler=_train_behaviour)
+
+    p = sub.add_parser(
+        "ship-behaviour", help="pick random/medium/expert from a MATD3 run into the shipped set"
+    )
+    p.add_argument("--env", required=True)
+    p.add_argument("--run", required=True, help="run directory of train-behaviour")
+    p.add_argument("--root", help="checkpoint root (default training/behaviour/checkpoints)")
+    p.add_argument("--episodes", type=int, default=100, help="evaluation episodes for the reference returns")
+    p.set_defaults(handler=_ship_behaviour)
+
+    p = sub.add_parser("collect", help="record one dataset from the shipped behaviour checkpoints")
+    p.add_argument("--env", required=True)
+    p.add_argument("--quality", required=True, choices=QUALITIES)
+    p.add_argument("--transitions", type=int, default=1_000_000, help="at least this many (whole episodes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--checkpoints", help="behaviour checkpoint root (default: the shipped ones)")
+    p.set_defaults(handler=_collect)
+
+    p = sub.add_parser("describe", help="size, return statistics and normalised score of a dataset")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="PNG", help="write the episode-return histogram")
+    p.add_argument("--env", help="also check the file is for this environment")
+    p.set_defaults(handler=_describe)
+
+    p = sub.add_parser("make-default", help="build the default small set (what `make data` runs)")
+    p.add_argument("--out", default="data")
+    p.add_argument("--envs", nargs="+", default=["cooperative_navigation"])
+    p.add_argument("--transitions", type=int, default=DEFAULT_TRANSITIONS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot-dir", dest="plot_dir", help="write <env>_returns.png here")
+    p.set_defaults(handler=_make_default)
+
+    p = sub.add_parser(
+        "import-omar", help="convert the public OMAR/OM2P layout ({env}/{quality}/seed_{s}_data)"
+    )
+    p.add_argument("--root", required=True)
+    p.add_argument("--env", required=True)
+    p.add_argument("--quality", required=True, choices=QUALITIES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--expert-return", dest="expert_return", type=float, help="reference return for scores")
+    p.add_argument("--random-return", dest="random_return", type=float, help="reference return for scores")
+    p.set_defaults(handler=_import_omar)
