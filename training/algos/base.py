@@ -1,0 +1,60 @@
+"""The algorithm interface shared by OM2P and the baselines (see `training/algos/__init__.py`)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+from training.envs.spec import EnvSpec
+from training.policy import PolicyModule
+
+
+@dataclass
+class Batch:
+    """Joint transitions, batch-major as in the dataset: `observations [B, N, obs_dim]` (raw, not
+    normalised), `actions [B, N, act_dim]` in [-1, 1], `rewards`/`dones` `[B, N]`."""
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    dones: torch.Tensor
+
+
+class Algorithm(nn.Module, ABC):
+    """One offline multi-agent learner. Everything it learns is a submodule (saved in `weights.safetensors`);
+    the deployable part is `self.policy`, a `PolicyModule` whose state-dict keys start with `policy.`."""
+
+    name: ClassVar[str]
+    """The value of `--algo` and of `algo` in checkpoint.json."""
+
+    policy: PolicyModule
+
+    def __init__(self, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor):
+        super().__init__()
+        self.spec, self.config = spec, config
+
+    @classmethod
+    @abstractmethod
+    def build_policy(
+        cls, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor
+    ) -> PolicyModule:
+        """The policy with freshly initialised weights; `load_policy` rebuilds it from checkpoint.json alone
+        and then loads the `policy.*` weights into it."""
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimizers, saved in `optimizer.safetensors` for `--resume`."""
+
+    @abstractmethod
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step on every network; returns detached scalar tensors to log (no host sync)."""
+
+    def evaluations_per_action(self) -> int:
+        """Network evaluations per served action (1 for one-step OM2P, K for K-step samplers)."""
+        return 1
