@@ -31,7 +31,10 @@ class ArtifactFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="file name relative to the version directory")
+    # A plain file name: the server opens version_dir / path, which must never leave the version directory.
+    path: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="file name in the version directory"
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
     format: Literal["onnx", "tensorrt"]
@@ -45,6 +48,31 @@ class EvaluationSummary(BaseModel):
     mean_return: float
     normalised_score: float | None = None
     seeds: list[int] = Field(default_factory=list)
+    returns: list[float] = Field(default_factory=list, description="per seed, in seed order (deterministic)")
+
+
+class ParityRecord(BaseModel):
+    """Evidence that one artifact computes what the checkpoint computes (max abs error on actions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    backend: str
+    precision: Literal["fp32", "fp16"]
+    batch_sizes: list[int]
+    max_abs_error: float
+    tolerance: float
+    seed: int
+
+
+class TensorRTInfo(BaseModel):
+    """A TensorRT plan runs only on the GPU model and TensorRT version it was built with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensorrt_version: str
+    device: str
+    profile: dict[str, int] = Field(description="batch sizes min / opt / max of the optimisation profile")
 
 
 class ModelManifest(BaseModel):
@@ -72,6 +100,8 @@ class ModelManifest(BaseModel):
     config_summary: dict = Field(default_factory=dict)
     evaluation: EvaluationSummary | None = None
     created_at: str
+    parity: list[ParityRecord] = Field(default_factory=list)
+    tensorrt: TensorRTInfo | None = None
 
     @property
     def n_agents(self) -> int:
