@@ -1,0 +1,136 @@
+"""Prometheus metrics of the policy server (names fixed in docs/architecture.md section 5).
+
+Latencies are histograms (50 us .. 1 s) so p95/p99 aggregate across replicas, which Triton's cumulative
+counters cannot do. Each server owns its registry, so several apps can live in one test process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # `_created` series double the exposition and no dashboard reads them
+
+LATENCY_BUCKETS_S = (
+    50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6,
+    1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 7.5e-3,
+    10e-3, 15e-3, 20e-3, 30e-3, 50e-3, 75e-3,
+    0.1, 0.2, 0.3, 0.5, 0.75, 1.0,
+)  # fmt: skip
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+PROTOCOLS = ("json", "binary", "ws", "v2")
+OUTCOMES = ("ok", "invalid", "rejected", "timeout", "cancelled", "error")
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus_client's multiprocess mode is on when this variable names a directory."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServerMetrics:
+    """All series, with children pre-bound per label value: the hot path does no label lookups."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode samples go to per-process files; collection reads them all at scrape time.
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.request_duration = Histogram(
+            "om2p_request_duration_seconds",
+            "End-to-end /act latency inside the server: body received to response sent.",
+            ["protocol"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "om2p_queue_wait_seconds",
+            "Time a request waited in the batcher's queue before its forward pass started.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.compute = Histogram(
+            "om2p_compute_seconds",
+            "Duration of one batched forward pass (all rows, all agents).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.batch_rows = Histogram(
+            "om2p_batch_rows",
+            "Rows (environments, each with every agent) per forward pass.",
+            buckets=ROW_BUCKETS,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "om2p_requests",
+            "Action requests by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        gauge_mode = {"multiprocess_mode": "livesum"}
+        self.inflight = Gauge(
+            "om2p_inflight_requests",
+            "Action requests received and not yet answered.",
+            registry=registry,
+            **gauge_mode,
+        )
+        self.queue_rows = Gauge(
+            "om2p_queue_rows", "Rows waiting in the batcher's queue.", registry=registry, **gauge_mode
+        )
+        self.queue_capacity = Gauge(
+            "om2p_queue_capacity_rows",
+            "Rows the queue accepts before answering 503 (summed over worker processes).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.model_info = Gauge(
+            "om2p_model_info",
+            "The model being served (value 1).",
+            ["name", "version", "backend", "agents", "obs_dim", "act_dim"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._model_labels: tuple[str, ...] | None = None
+        self.by_protocol = {protocol: self.request_duration.labels(protocol) for protocol in PROTOCOLS}
+        self.by_outcome = {outcome: self.requests.labels(outcome) for outcome in OUTCOMES}
+
+    def track_queue(self, queued_rows: Callable[[], float]) -> None:
+        """Queue depth read at scrape time (no cost per request); per-process files need explicit sets."""
+        if not self.multiprocess:
+            self.queue_rows.set_function(queued_rows)
+
+    def set_model(
+        self, name: str, version: int, backend: str, agents: int, obs_dim: int, act_dim: int
+    ) -> None:
+        labels = (name, str(version), backend, str(agents), str(obs_dim), str(act_dim))
+        if self._model_labels is not None and self._model_labels != labels:
+            # 0 first: in multiprocess mode the old series lives on in this worker's file.
+            self.model_info.labels(*self._model_labels).set(0)
+            self.model_info.remove(*self._model_labels)
+        self.model_info.labels(*labels).set(1)
+        self._model_labels = labels
+
+    def process_exited(self) -> None:
+        """Multiprocess mode: drop this worker's live gauges from the aggregate."""
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+    def exposition(self) -> bytes:
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,242 @@
+"""The policy service: the protocol-independent core every route calls (JSON, binary, msgpack, WebSocket,
+KServe v2). Owns the current model runtime, readiness, draining, reloads and the request accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.manifest import resolve_version_dir
+from server.batcher import ZERO_NOISE, BatcherClosed, BatchStats, DeadlineExceeded, QueueFull, Timing
+from server.metrics import ServerMetrics
+from server.runtime import ModelRuntime
+from server.settings import ServerSettings
+from server.validation import ActOptions, InvalidRequest
+
+log = logging.getLogger("om2p.server")
+
+
+class ServiceUnavailable(Exception):
+    """503: not ready yet, shutting down, or the queue is full (then with a Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ReloadFailed(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class ActResult:
+    actions: np.ndarray  # [rows, N, act_dim]
+    timing: Timing
+    runtime: ModelRuntime
+
+
+class PolicyService:
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or ServerMetrics()
+        self.runtime: ModelRuntime | None = None
+        self.draining = False
+        self.load_error: str | None = None
+        self.inflight = 0
+        self.timeout_s = settings.request_timeout_ms / 1000
+        self._reload_lock = asyncio.Lock()
+        self._failed_versions: set[Path] = set()
+        self._watch_task: asyncio.Task | None = None
+        self._gauge_task: asyncio.Task | None = None
+        metrics = self.metrics
+        metrics.queue_capacity.set(max(settings.max_queue_rows, settings.max_batch_rows))
+        metrics.track_queue(
+            lambda: self.runtime.batcher.queued_rows if self.runtime and self.runtime.batcher else 0
+        )
+        if not metrics.multiprocess:
+            metrics.inflight.set_function(lambda: self.inflight)
+        self._observe_queue = metrics.queue_wait.observe
+        self._observe_compute = metrics.compute.observe
+        self._observe_rows = metrics.batch_rows.observe
+
+    # --- life cycle ---
+
+    @property
+    def ready(self) -> bool:
+        return self.runtime is not None and not self.draining
+
+    async def start(self) -> None:
+        """Load and warm up in a thread while /healthz already answers; /readyz turns 200 when done."""
+        try:
+            model_path = self.settings.model_path()
+            runtime = await asyncio.to_thread(ModelRuntime.load, self.settings, model_path)
+        except Exception as error:
+            self.load_error = str(error)
+            log.error("om2p serve: cannot load the model: %s", error)
+            raise
+        self._install(runtime)
+        # Imports and the model are here to stay: move them out of the collector's sight, so that gen-2
+        # collections (latency spikes) traverse only request garbage.
+        gc.freeze()
+        log.info(
+            "serving %s v%d on %s (%s), warm-up %.2f s",
+            runtime.spec.name,
+            runtime.spec.version,
+            runtime.backend_name,
+            runtime.backend.description,
+            runtime.warmup_s,
+        )
+        loop = asyncio.get_running_loop()
+        if self.settings.watch_interval_s > 0:
+            self._watch_task = loop.create_task(self._watch())
+        if self.metrics.multiprocess:
+            self._gauge_task = loop.create_task(self._publish_gauges())
+
+    def _install(self, runtime: ModelRuntime) -> None:
+        runtime.start_batcher(self.settings, self._on_batch)
+        self.runtime = runtime
+        spec = runtime.spec
+        self.metrics.set_model(
+            spec.name, spec.version, runtime.backend_name, spec.n_agents, spec.obs_dim, spec.act_dim
+        )
+
+    def begin_drain(self) -> None:
+        """SIGTERM: /readyz fails at once so load balancers stop sending; accepted requests still finish,
+        without waiting for batches to fill."""
+        self.draining = True
+        if self.runtime is not None and self.runtime.batcher is not None:
+            self.runtime.batcher.flush()
+
+    async def stop(self) -> None:
+        self.draining = True
+        for task in (self._watch_task, self._gauge_task):
+            if task is not None:
+                task.cancel()
+        if self.metrics.multiprocess:
+            self.metrics.process_exited()
+        if self.runtime is not None:
+            await self.runtime.close()
+
+    async def reload(self, model: Path | None = None, force: bool = False) -> dict:
+        """Load the newest version (or `model`), check and warm it up, then swap; on any failure the
+        current version keeps serving and `ReloadFailed` says why."""
+        async with self._reload_lock:
+            old = self.runtime
+            path = Path(model) if model is not None else self.settings.model_path()
+            if self.settings.backend != "torch":
+                try:
+                    path = resolve_version_dir(path)
+                except ValueError as error:
+                    raise ReloadFailed(str(error)) from None
+                if not force and old is not None and path.resolve() == Path(old.spec.source).resolve():
+                    return {
+                        "reloaded": False,
+                        "model": old.describe(),
+                        "reason": "already serving this version",
+                    }
+            try:
+                new = await asyncio.to_thread(ModelRuntime.load, self.settings, path)
+            except Exception as error:
+                self._failed_versions.add(path.resolve())
+                raise ReloadFailed(f"kept version {old.spec.version if old else None}: {error}") from None
+            if old is not None and (new.spec.n_agents, new.spec.obs_dim) != (
+                old.spec.n_agents,
+                old.spec.obs_dim,
+            ):
+                log.warning("reload changes the observation shape: clients must follow")
+            self._install(new)
+            log.info(
+                "reloaded %s: v%s -> v%d", new.spec.name, old.spec.version if old else None, new.spec.version
+            )
+            if old is not None:
+                await old.close()  # drains the requests queued for the old version
+            return {
+                "reloaded": True,
+                "previous_version": old.spec.version if old else None,
+                "model": new.describe(),
+            }
+
+    async def _watch(self) -> None:
+        """Poll the model directory; a new version directory is loaded like POST /admin/reload."""
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            with contextlib.suppress(Exception):
+                candidate = resolve_version_dir(self.settings.model_path()).resolve()
+                current = self.runtime.spec.source.resolve() if self.runtime else None
+                if candidate != current and candidate not in self._failed_versions:
+                    try:
+                        await self.reload(candidate)
+                    except ReloadFailed as error:
+                        log.error("watched reload failed: %s", error)
+
+    async def _publish_gauges(self) -> None:
+        """Multiprocess mode: gauges live in per-process files and cannot be read at scrape time, so this
+        worker writes its in-flight count and queue depth a few times a second (the hot path stays free)."""
+        while True:
+            runtime = self.runtime
+            self.metrics.inflight.set(self.inflight)
+            self.metrics.queue_rows.set(runtime.batcher.queued_rows if runtime and runtime.batcher else 0)
+            await asyncio.sleep(0.25)
+
+    # --- requests ---
+
+    def _on_batch(self, stats: BatchStats) -> None:
+        self._observe_compute(stats.compute_s)
+        self._observe_rows(stats.rows)
+        for wait in stats.queue_waits_s:
+            self._observe_queue(wait)
+
+    def current(self) -> ModelRuntime:
+        runtime = self.runtime
+        if runtime is None:
+            raise ServiceUnavailable(
+                "model still loading" if self.load_error is None else "model failed to load"
+            )
+        return runtime
+
+    def submit(self, runtime: ModelRuntime, obs: np.ndarray, options: ActOptions):
+        """Synchronous (no await between validation against `runtime.spec` and queuing on its batcher)."""
+        if options.deterministic:
+            noise = ZERO_NOISE
+        elif options.seed is not None:
+            noise = np.random.default_rng(options.seed).standard_normal(
+                (obs.shape[0], runtime.spec.n_agents, runtime.spec.act_dim), dtype=np.float32
+            )
+        else:
+            noise = None
+        assert runtime.batcher is not None
+        try:
+            return runtime.batcher.submit(obs, noise, time.monotonic() + self.timeout_s)
+        except QueueFull as error:
+            raise ServiceUnavailable(str(error), error.retry_after_s) from None
+        except BatcherClosed as error:
+            raise ServiceUnavailable(str(error)) from None
+
+    async def act(self, obs: np.ndarray, options: ActOptions, runtime: ModelRuntime) -> ActResult:
+        pending = self.submit(runtime, obs, options)
+        try:
+            actions, timing = await pending.future
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        return ActResult(actions, timing, runtime)
+
+
+def error_status(error: BaseException) -> tuple[int, str, dict, str]:
+    """(status, outcome label, extra headers, message) for any failure of an action request."""
+    if isinstance(error, InvalidRequest):
+        return error.status, "invalid", {}, error.message
+    if isinstance(error, ServiceUnavailable):
+        return 503, "rejected", {"retry-after": str(max(1, round(error.retry_after_s)))}, str(error)
+    if isinstance(error, DeadlineExceeded):
+        return 504, "timeout", {}, "deadline exceeded: the server is overloaded; retry with backoff"
+    if isinstance(error, BatcherClosed):
+        return 503, "rejected", {"retry-after": "1"}, str(error)
+    return 500, "error", {}, f"internal error: {type(error).__name__}: {error}"

@@ -1,0 +1,200 @@
+"""Request parsing and validation with numpy: every refusal names the field and the expected shape.
+
+Status codes: 400 for a body that is not what its Content-Type says (malformed JSON, msgpack or binary),
+413 for too large a body or too many rows, 422 for well-formed input of the wrong shape or values.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from server.backends import ModelSpec
+
+# np.errstate around the cast costs more than the rest of the validation; silence just this warning here.
+warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
+
+
+class InvalidRequest(Exception):
+    """A client error: `status` (400/401/413/422), a message naming the field, the field's name."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+    def body(self) -> dict:
+        return {"error": self.message, "field": self.field}
+
+
+@dataclass(slots=True)
+class ActOptions:
+    deterministic: bool = False
+    seed: int | None = None
+    request_id: str | None = None
+
+
+def expected_shape(spec: ModelSpec) -> str:
+    return f"[{spec.n_agents}][{spec.obs_dim}] (agents x obs_dim) or [batch][{spec.n_agents}][{spec.obs_dim}]"
+
+
+def observations_array(
+    value: object, spec: ModelSpec, max_rows: int, field: str = "observations"
+) -> tuple[np.ndarray, bool]:
+    """Nested lists (or an array) -> float32 `[rows, N, obs_dim]` and whether the input had a batch axis."""
+    if isinstance(value, np.ndarray):
+        array = value
+    else:
+        if not isinstance(value, list) or not value:
+            raise InvalidRequest(
+                422, f"{field}: expected a non-empty list shaped {expected_shape(spec)}", field
+            )
+        try:
+            array = np.array(value)
+        except (ValueError, TypeError):  # numpy refuses ragged nesting
+            raise InvalidRequest(
+                422, f"{field}: ragged nested lists; expected {expected_shape(spec)}", field
+            ) from None
+    if array.dtype.kind not in "fiu":
+        kind = (
+            "strings"
+            if array.dtype.kind in "US"
+            else "booleans"
+            if array.dtype.kind == "b"
+            else "non-numbers"
+        )
+        raise InvalidRequest(
+            422,
+            f"{field}: holds {kind} or ragged lists; expected floats shaped {expected_shape(spec)}",
+            field,
+        )
+    batched = array.ndim == 3
+    if array.ndim not in (2, 3) or array.shape[-2:] != (spec.n_agents, spec.obs_dim):
+        raise InvalidRequest(
+            422,
+            f"{field}: expected {expected_shape(spec)}, got shape {list(array.shape)} "
+            f"(agents: {', '.join(spec.agents)})",
+            field,
+        )
+    if not batched:
+        array = array[None]
+    if array.shape[0] == 0:
+        raise InvalidRequest(422, f"{field}: empty batch; expected {expected_shape(spec)}", field)
+    if array.shape[0] > max_rows:
+        raise InvalidRequest(
+            413,
+            f"{field}: {array.shape[0]} rows, more than the server's max of {max_rows} per request",
+            field,
+        )
+    # A float64 beyond float32's range becomes Inf here (warning silenced above) and is refused just below.
+    array = array.astype(np.float32)
+    # One float64 reduction instead of isfinite + all: any NaN or Inf makes the sum non-finite, and a sum of
+    # float32 values cannot overflow float64.
+    if not math.isfinite(np.add.reduce(array, axis=None, dtype=np.float64)):
+        raise InvalidRequest(422, f"{field}: holds NaN or Inf (or a value beyond float32's range)", field)
+    return array, batched
+
+
+def options_from(body: dict, prefix: str = "") -> ActOptions:
+    """`deterministic`, `seed` and `request_id` of an /act body (or, with `prefix`, of v2 parameters)."""
+    deterministic = body.get("deterministic", False)
+    if not isinstance(deterministic, bool):
+        raise InvalidRequest(422, f"{prefix}deterministic: expected true or false", f"{prefix}deterministic")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise InvalidRequest(422, f"{prefix}seed: expected an integer in [0, 2^63) or null", f"{prefix}seed")
+    request_id = body.get("request_id")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 256):
+        raise InvalidRequest(
+            422, "request_id: expected a string of at most 256 characters or null", "request_id"
+        )
+    return ActOptions(deterministic, seed, request_id)
+
+
+def parse_json_body(body: bytes) -> dict:
+    if not body:
+        raise InvalidRequest(400, "body: empty; expected a JSON object with 'observations'", "body")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(400, f"body: not valid JSON ({error})", "body") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(422, "body: expected a JSON object with 'observations'", "body")
+    if "observations" not in data:
+        raise InvalidRequest(422, "observations: field required", "observations")
+    return data
+
+
+def parse_msgpack_body(body: bytes) -> dict:
+    import msgpack
+
+    try:
+        data = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as error:  # msgpack raises several unrelated types
+        raise InvalidRequest(400, f"body: not valid msgpack ({error})", "body") from None
+    if not isinstance(data, dict) or "observations" not in data:
+        raise InvalidRequest(422, "observations: field required (body must be a msgpack map)", "observations")
+    observations = data["observations"]
+    if isinstance(observations, bytes | bytearray):  # packed float32 little-endian with a "shape" field
+        data["observations"] = binary_array(observations, data.get("shape"), field="observations")
+    return data
+
+
+def parse_shape_header(value: str | None, header: str = "X-Shape") -> tuple[int, ...]:
+    if not value:
+        raise InvalidRequest(
+            400, f"{header}: header required for application/octet-stream (e.g. 'B,N,obs_dim')", header
+        )
+    try:
+        shape = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise InvalidRequest(
+            400, f"{header}: expected comma-separated integers, got {value!r}", header
+        ) from None
+    return shape
+
+
+def binary_array(body: bytes, shape: object, field: str = "body") -> np.ndarray:
+    """float32 little-endian bytes -> array of `shape` (2 or 3 positive dims), checking the byte count."""
+    if (
+        not isinstance(shape, tuple | list)
+        or len(shape) not in (2, 3)
+        or not all(isinstance(n, int) and n > 0 for n in shape)
+    ):
+        raise InvalidRequest(
+            400,
+            f"shape: expected 2 or 3 positive integers (N,obs_dim or B,N,obs_dim), got {shape!r}",
+            "shape",
+        )
+    expected = 4 * math.prod(shape)
+    if len(body) != expected:
+        raise InvalidRequest(
+            400, f"{field}: {len(body)} bytes, but shape {list(shape)} of float32 needs {expected}", field
+        )
+    return np.frombuffer(body, dtype="<f4").reshape(shape)
+
+
+def header_flag(value: str | None, header: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no", ""):
+        return False
+    raise InvalidRequest(400, f"{header}: expected true or false, got {value!r}", header)
+
+
+def header_seed(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        seed = int(value)
+    except ValueError:
+        raise InvalidRequest(400, f"X-Seed: expected an integer, got {value!r}", "X-Seed") from None
+    if not 0 <= seed < 2**63:
+        raise InvalidRequest(422, "X-Seed: expected an integer in [0, 2^63)", "X-Seed")
+    return seed
