@@ -1,0 +1,190 @@
+"""`make bench`: inference and serving benchmarks in one run; writes `benchmarks/results/*.json`,
+PNG plots under `docs/img/` and `docs/benchmarks.md`. Every ratio is taken from timings of this run."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+from benchmarks import inference, ray_peer, serving
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+IMAGES = ROOT / "docs" / "img"
+BUNDLED = ROOT / "server" / "bundled" / "cooperative_navigation"
+
+
+def _plot_inference(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axis, backend in zip(axes, ("onnxruntime_us", "pytorch_us"), strict=True):
+        for sampler in inference.SAMPLERS:
+            points = [r for r in rows if r["sampler"] == sampler]
+            axis.plot([r["batch"] for r in points], [r[backend] / 1e3 for r in points], "o-", label=sampler)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("batch (environments)")
+        axis.set_title(backend.replace("_us", ""))
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("ms per action batch")
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _plot_serving(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = {
+        "raw ASGI const": results["raw_app"]["ours"]["throughput_rps"],
+        "FastAPI const": results["fastapi_app"]["ours"]["throughput_rps"],
+        "/act binary": results["protocols"]["binary"]["throughput_rps"],
+        "/act JSON": results["protocols"]["json"]["throughput_rps"],
+        "/act WebSocket": results["protocols"]["websocket"]["throughput_rps"],
+    }
+    for key, entry in results.items():
+        if key.startswith("batching_"):
+            name = key.removeprefix("batching_")
+            bars[f"{name} batch on"] = entry["on"]["throughput_rps"]
+            bars[f"{name} batch off"] = entry["off"]["throughput_rps"]
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    axis.barh(list(bars), list(bars.values()), color="tab:blue")
+    axis.set_xlabel(f"requests/s, {results['clients']} closed-loop clients")
+    axis.invert_yaxis()
+    axis.grid(True, axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` on {meta['when']} ({meta['machine']}, {meta['cpus']} CPUs). All numbers and "
+        "ratios on this page come from one run: every comparison was measured side by side. Other work shared "
+        f"this machine during the run (load average at start: {meta['load_average']}), so absolute numbers are "
+        "pessimistic; the load generator runs on the same two cores as the server.",
+        "",
+        "## Inference: one-step OM2P vs multi-step samplers",
+        "",
+        "The baselines' exported models did not exist when this ran: a K-step sampler is measured as K chained "
+        "evaluations of the same 2x256 network (synthetic weights, 3 agents, obs 18, act 5), which is what its "
+        "sampling loop costs. One thread per backend.",
+        "",
+        "| sampler | batch | ONNX Runtime (us) | PyTorch (us) | ORT speed-up vs PyTorch | cost vs one-step (ORT) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['sampler']} | {r['batch']} | {_fmt(r['onnxruntime_us'])} | {_fmt(r['pytorch_us'])} | "
+            f"{r['onnxruntime_speedup_vs_pytorch']:.2f}x | {r['om2p_speedup_onnxruntime']:.1f}x |"
+        )
+    lines += ["", "![inference](img/bench_inference.png)", "", "## Serving", ""]
+    lines += [
+        f"Closed loop, {serve['clients']} clients, {serve['duration_s']:g} s per point, our load generator "
+        "(raw asyncio HTTP/1.1 keep-alive) unless marked wrk. `om2p serve` defaults (ONNX Runtime CPU).",
+        "",
+        "| server | req/s | p50 ms | p99 ms | errors | wrk req/s | wrk p99 ms |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+
+    def row(label: str, summary: dict, wrk: dict | None = None) -> str:
+        latency = summary["latency_ms"]
+        wrk = wrk or {}
+        return (
+            f"| {label} | {_fmt(summary['throughput_rps'])} | {_fmt(latency['p50'], 2)} | "
+            f"{_fmt(latency['p99'], 2)} | {summary['errors'] or 'none'} | {_fmt(wrk.get('throughput_rps'))} | "
+            f"{_fmt(wrk.get('p99_ms'), 2)} |"
+        )
+
+    lines.append(row("raw ASGI constant", serve["raw_app"]["ours"], serve["raw_app"]["wrk"]))
+    lines.append(row("FastAPI constant route", serve["fastapi_app"]["ours"], serve["fastapi_app"]["wrk"]))
+    protocols = serve["protocols"]
+    lines.append(row("/act 2x256 JSON", protocols["json"], protocols["wrk_json"]))
+    lines.append(row("/act 2x256 binary", protocols["binary"]))
+    lines.append(row("/act 2x256 WebSocket (JSON messages)", protocols["websocket"]))
+    lines += [
+        "",
+        f"- `/act` (binary, 2x256, real inference) reaches **{serve['act_vs_raw_asgi']:.0%}** of the raw ASGI "
+        f"request rate (target: at least 50%) and **{serve['act_vs_fastapi_constant']:.2f}x** the FastAPI "
+        "constant route.",
+        f"- Server overhead at low load (50 req/s open loop, binary): `/act` p50 "
+        f"{serve['overhead']['act_p50_low_load_us']:.0f} us minus the raw ONNX Runtime call "
+        f"{serve['overhead']['raw_onnxruntime_us']:.0f} us = **{serve['overhead']['server_overhead_us']:.0f} us** "
+        "(includes the client's own time on the shared CPU).",
+        "",
+        "### Batching on vs off (`--max-batch-rows 1`)",
+        "",
+        "| model | on req/s | off req/s | ratio | on p99 ms | off p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, entry in serve.items():
+        if key.startswith("batching_"):
+            lines.append(
+                f"| {key.removeprefix('batching_')} | {_fmt(entry['on']['throughput_rps'])} | "
+                f"{_fmt(entry['off']['throughput_rps'])} | **{entry['ratio']:.2f}x** | "
+                f"{_fmt(entry['on']['latency_ms']['p99'], 2)} | {_fmt(entry['off']['latency_ms']['p99'], 2)} |"
+            )
+    lines += [
+        "",
+        "Target: at least 3x for the 4x512 actor with 64 clients.",
+        "",
+        "![serving](img/bench_serving.png)",
+        "",
+        "## The peer: Ray Serve",
+        "",
+        peer.get("skipped") or json.dumps(peer),
+        "",
+        "Raw results: `benchmarks/results/inference.json`, `benchmarks/results/serving.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": ", ".join(f"{v:.1f}" for v in os.getloadavg()),
+    }
+    bundled = BUNDLED if any(BUNDLED.glob("*/manifest.json")) else None
+    with tempfile.TemporaryDirectory(prefix="om2p-bench-") as work:
+        rows = inference.run(Path(work))
+        serve = serving.run(Path(work), bundled)
+        peer = ray_peer.run(Path(work) / "m256")
+    (RESULTS / "inference.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS / "serving.json").write_text(json.dumps({"meta": meta, **serve, "ray_serve": peer}, indent=2))
+    _plot_inference(rows, IMAGES / "bench_inference.png")
+    _plot_serving(serve, IMAGES / "bench_serving.png")
+    (ROOT / "docs" / "benchmarks.md").write_text(_markdown(meta, rows, serve, peer))
+    print(f"wrote {RESULTS}/inference.json, serving.json, docs/benchmarks.md")
+    print(f"/act vs raw ASGI: {serve['act_vs_raw_asgi']:.0%}")
+    for key, entry in serve.items():
+        if key.startswith("batching_"):
+            print(f"batching on/off {key.removeprefix('batching_')}: {entry['ratio']:.2f}x")
+    print(peer.get("skipped", ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

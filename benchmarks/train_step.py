@@ -1,0 +1,385 @@
+"""Training-step benchmark: one joint update of all agents (critics + actors + targets), measured side by side.
+
+    python -m benchmarks.train_step [--device cpu|cuda] [--steps 8] [--hidden 512,512,512,512] [--batch 256]
+
+Every configuration runs in its own child process (clean peak-memory numbers, no allocator cross-talk), one
+after the other; ratios are taken within this one run. Measured:
+- `fd` vs `jvp` (vs `zero`) d/dt u estimators: step time and peak memory;
+- bf16 autocast vs fp32 (on this CPU bf16 matmuls are only fast with AVX512-BF16/AMX; the run records it);
+- this trainer vs a reference-structured update (the public reference's structure re-created in PyTorch:
+  one agent object per agent updated in turn, unfused passes, actions recomputed for logging every step);
+- agent-batched actor forward vs a loop over per-agent networks;
+- achieved GFLOP/s (matmul FLOPs counted by torch's FlopCounterMode) as a fraction of the fp32 matmul rate
+  measured in the same run.
+Results: benchmarks/results/train_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
+N_AGENTS, OBS_DIM, ACT_DIM = 3, 18, 5  # cooperative navigation
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS and return that RSS, so the next peak
+    is the peak of what follows, not of the imports before it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_mb("VmRSS")
+    except OSError:  # not Linux: fall back to the lifetime peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _peak_rss_mb() -> float:
+    try:
+        return _status_mb("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _batch(batch_size: int, device: torch.device):
+    from training.algos import Batch
+
+    g = torch.Generator().manual_seed(0)
+    n, o, a = N_AGENTS, OBS_DIM, ACT_DIM
+    return Batch(
+        torch.randn(batch_size, n, o, generator=g).to(device),
+        (torch.rand(batch_size, n, a, generator=g) * 2 - 1).to(device),
+        torch.randn(batch_size, n, generator=g).to(device),
+        torch.randn(batch_size, n, o, generator=g).to(device),
+        torch.zeros(batch_size, n, device=device),
+    )
+
+
+class ReferenceStyleOM2P:
+    """The public reference's update structure, in PyTorch, for a like-for-like comparison on this machine:
+    one independent agent (actor, two-member critic ensemble, target, two Adams) per agent, updated in
+    turn; the finite difference's second evaluation and the one-step actions are separate passes; actions
+    are recomputed every step for a logged MSE. Same sizes, same math otherwise (and e - u, not u)."""
+
+    def __init__(self, hidden: list[int], device: torch.device, delta: float = 5e-3) -> None:
+        def mlp(inp: int, out: int, layer_norm: bool) -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for width in hidden:
+                layers += (
+                    [nn.Linear(inp, width)] + ([nn.LayerNorm(width)] if layer_norm else []) + [nn.GELU()]
+                )
+                inp = width
+            return nn.Sequential(*layers, nn.Linear(inp, out)).to(device)
+
+        self.delta = delta
+        self.agents = []
+        for _ in range(N_AGENTS):
+            actor = mlp(OBS_DIM + ACT_DIM + 2, ACT_DIM, False)
+            critics = nn.ModuleList([mlp(OBS_DIM + ACT_DIM, 1, True) for _ in range(2)])
+            target = copy.deepcopy(critics).requires_grad_(False)
+            self.agents.append(
+                {
+                    "actor": actor,
+                    "critics": critics,
+                    "target": target,
+                    "actor_opt": torch.optim.Adam(actor.parameters(), lr=3e-4),
+                    "critic_opt": torch.optim.Adam(critics.parameters(), lr=3e-4),
+                }
+            )
+
+    @staticmethod
+    def _u(actor, obs, z, r, t):
+        return actor(torch.cat([obs, z, t, t - r], dim=-1))
+
+    def update(self, batch) -> None:
+        for i, agent in enumerate(self.agents):
+            obs, next_obs, x = batch.observations[:, i], batch.next_observations[:, i], batch.actions[:, i]
+            reward, done = batch.rewards[:, i : i + 1], batch.dones[:, i : i + 1]
+            b = obs.shape[0]
+            zeros, ones = torch.zeros(b, 1, device=obs.device), torch.ones(b, 1, device=obs.device)
+            actor, critics = agent["actor"], agent["critics"]
+            with torch.no_grad():
+                e_next = torch.randn_like(x)
+                next_a = (e_next - self._u(actor, next_obs, e_next, zeros, ones)).clamp(-1, 1)
+                nq = torch.stack([c(torch.cat([next_obs, next_a], -1)) for c in agent["target"]]).mean(0)
+                y = reward + 0.99 * (1 - done) * nq
+            q = torch.stack([c(torch.cat([obs, x], -1)) for c in critics])
+            loss = (q - y).square().mean()
+            agent["critic_opt"].zero_grad()
+            loss.backward()
+            agent["critic_opt"].step()
+
+            e = torch.randn_like(x)
+            t = torch.rand(b, 1, device=obs.device)
+            r = t * torch.rand(b, 1, device=obs.device)
+            z, v = (1 - t) * x + t * e, e - x
+            u = self._u(actor, obs, z, r, t)
+            with torch.no_grad():
+                before = self._u(actor, obs, z - self.delta * v, r, t - self.delta)
+            target = v - (t - r) * (u.detach() - before) / self.delta
+            e_pi = torch.randn_like(x)
+            a_pi = (e_pi - self._u(actor, obs, e_pi, zeros, ones)).clamp(-1, 1)
+            q_pi = torch.stack([c(torch.cat([obs, a_pi], -1)) for c in critics]).mean(0)
+            loss = (u - target).square().sum(-1).mean() - 0.03 * q_pi.mean() / q_pi.detach().abs().mean()
+            agent["actor_opt"].zero_grad()
+            loss.backward()
+            agent["actor_opt"].step()
+            with torch.no_grad():  # the reference logs an action MSE every step: one more actor pass
+                e_log = torch.randn_like(x)
+                _ = (
+                    ((e_log - self._u(actor, obs, e_log, zeros, ones)).clamp(-1, 1) - x)
+                    .square()
+                    .mean()
+                    .item()
+                )
+                for tp, p in zip(agent["target"].parameters(), critics.parameters(), strict=True):
+                    tp.lerp_(p, 0.005)
+
+
+def _build(spec: dict, device: torch.device):
+    """The update function of one configuration."""
+    torch.manual_seed(0)
+    if spec["kind"] == "reference":
+        return ReferenceStyleOM2P(spec["hidden"], device).update
+    from training.algos.om2p import OM2P
+    from training.config import TrainConfig
+    from training.envs import env_spec
+
+    config = TrainConfig(
+        du_dt=spec["du_dt"],
+        actor_hidden=spec["hidden"],
+        critic_hidden=spec["hidden"],
+        batch_size=spec["batch"],
+        bf16_autocast=spec["bf16"],
+        device=spec["device"],
+    )
+    obs_mean, obs_std = torch.zeros(N_AGENTS, OBS_DIM), torch.ones(N_AGENTS, OBS_DIM)
+    return OM2P(env_spec("cooperative_navigation"), config, obs_mean, obs_std).to(device).update
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _child(spec: dict) -> dict:
+    """Peak memory of one configuration in a fresh process: two steps after one warm-up step, above the
+    resident memory after warm-up (weights, optimizer state)."""
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    batch = _batch(spec["batch"], device)
+    step = _build(spec, device)
+    step(batch)  # optimizer state exists from here on: the peak that follows is the step's own memory
+    _sync(device)
+    baseline_rss = _reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        allocated_before = torch.cuda.memory_allocated(device)
+    for _ in range(2):
+        step(batch)
+    _sync(device)
+    result = {"peak_rss_increase_mb": _peak_rss_mb() - baseline_rss}
+    if device.type == "cuda":
+        result["peak_gpu_memory_mb"] = (torch.cuda.max_memory_allocated(device) - allocated_before) / 2**20
+    return result
+
+
+def time_configurations(
+    configs: dict[str, dict], device: torch.device, batch_size: int, steps: int, rounds: int
+):
+    """Per-step time of every configuration, interleaved round by round in this process; the minimum over
+    rounds is reported (on a shared machine, other load only ever adds time)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from tqdm import tqdm
+
+    batch = _batch(batch_size, device)
+    updates = {name: _build(spec, device) for name, spec in configs.items()}
+    flops = {}
+    for name, step in updates.items():
+        step(batch)  # warm-up
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(batch)
+        flops[name] = counter.get_total_flops()
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in tqdm(range(rounds), desc="timing rounds"):
+        for name, step in updates.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(batch)
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / steps)
+    results = {}
+    for name in configs:
+        seconds = min(times[name])
+        results[name] = {
+            "ms_per_step": seconds * 1e3,
+            "ms_per_step_median": sorted(times[name])[len(times[name]) // 2] * 1e3,
+            "steps_per_s": 1.0 / seconds,
+            "matmul_gflop_per_step": flops[name] / 1e9,
+            "achieved_gflop_s": flops[name] / seconds / 1e9,
+        }
+    return results
+
+
+def _run_child(spec: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.train_step", "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child {spec} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
+    """GFLOP/s of a square matmul at this precision, measured now (the roofline for the ratios)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def batched_vs_loop(hidden: list[int], batch: int, device: torch.device, repeats: int = 20) -> dict:
+    """Actor forward for all agents: one GroupedMLP pass vs N per-agent nn.Sequential passes."""
+    from training.networks import GroupedMLP
+
+    grouped = GroupedMLP(N_AGENTS, OBS_DIM + ACT_DIM + 2, hidden, ACT_DIM).to(device)
+    loop = [
+        GroupedMLP(1, OBS_DIM + ACT_DIM + 2, hidden, ACT_DIM).to(device) for _ in range(N_AGENTS)
+    ]  # same kernels per agent, N launches per layer
+    x = torch.randn(N_AGENTS, batch, OBS_DIM + ACT_DIM + 2, device=device)
+
+    def timed(fn) -> float:
+        with torch.no_grad():
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) / repeats * 1e3
+
+    batched_ms = timed(lambda: grouped(x))
+    loop_ms = timed(lambda: [net(x[i : i + 1]) for i, net in enumerate(loop)])
+    return {"batch": batch, "batched_ms": batched_ms, "loop_ms": loop_ms, "speedup": loop_ms / batched_ms}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (minimum reported)")
+    parser.add_argument("--hidden", default="512,512,512,512", help="hidden widths of actors and critics")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the machine is shared)")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return 0
+
+    from tqdm import tqdm
+
+    device = torch.device(args.device)
+    hidden = [int(x) for x in args.hidden.split(",")]
+    torch.set_num_threads(args.threads)
+    common = {"hidden": hidden, "batch": args.batch, "steps": args.steps, "device": args.device}
+    common["threads"] = args.threads
+    configs = {
+        "om2p_fd_fp32": {"kind": "om2p", "du_dt": "fd", "bf16": False},
+        "om2p_jvp_fp32": {"kind": "om2p", "du_dt": "jvp", "bf16": False},
+        "om2p_zero_fp32": {"kind": "om2p", "du_dt": "zero", "bf16": False},
+        "om2p_fd_bf16_autocast": {"kind": "om2p", "du_dt": "fd", "bf16": True},
+        "reference_structure_fd_fp32": {"kind": "reference"},
+    }
+    rates = {
+        "fp32": matmul_rate(device, torch.float32),
+        "bf16": matmul_rate(device, torch.bfloat16),
+    }
+    full = {name: {**common, **spec} for name, spec in configs.items()}
+    results = time_configurations(full, device, args.batch, args.steps, args.rounds)
+    for name in tqdm(configs, desc="peak memory (one process each)"):
+        results[name].update(_run_child(full[name]))
+        results[name]["fraction_of_fp32_matmul_rate"] = results[name]["achieved_gflop_s"] / rates["fp32"]
+    # Measured again after the children, to expose drift from other load on a shared machine.
+    rates_after = {"fp32": matmul_rate(device, torch.float32), "bf16": matmul_rate(device, torch.bfloat16)}
+    batching = [batched_vs_loop(hidden, b, device) for b in (1, 32, args.batch)]
+
+    fd, jvp, ref = results["om2p_fd_fp32"], results["om2p_jvp_fp32"], results["reference_structure_fd_fp32"]
+    memory_key = "peak_gpu_memory_mb" if device.type == "cuda" else "peak_rss_increase_mb"
+    summary = {
+        "fd_vs_jvp_speedup": jvp["ms_per_step"] / fd["ms_per_step"],
+        "fd_vs_jvp_memory_ratio": jvp[memory_key] / max(fd[memory_key], 1e-9),
+        "bf16_autocast_vs_fp32_speedup": fd["ms_per_step"] / results["om2p_fd_bf16_autocast"]["ms_per_step"],
+        "vs_reference_structure_speedup": ref["ms_per_step"] / fd["ms_per_step"],
+        "agent_batched_vs_loop_forward_speedup": {str(b["batch"]): b["speedup"] for b in batching},
+    }
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    report = {
+        "benchmark": "train_step",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": args.device,
+        "cpu_has_avx512_bf16": "avx512_bf16" in flags,
+        "cpu_has_amx": "amx_bf16" in flags,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "sizes": {
+            "agents": N_AGENTS,
+            "obs_dim": OBS_DIM,
+            "act_dim": ACT_DIM,
+            "hidden": hidden,
+            "batch": args.batch,
+        },
+        "matmul_gflop_s": rates,
+        "matmul_gflop_s_after": rates_after,
+        "configurations": results,
+        "agent_batched_forward": batching,
+        "summary": summary,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({"summary": summary, "matmul_gflop_s": rates}, indent=2))
+    for name, r in results.items():
+        print(
+            f"{name:<30} {r['ms_per_step']:9.1f} ms/step  {r['steps_per_s']:6.2f} steps/s  "
+            f"{r['achieved_gflop_s']:6.1f} GFLOP/s ({100 * r['fraction_of_fp32_matmul_rate']:4.0f}% of fp32 matmul)  "
+            f"peak mem +{r[memory_key]:.0f} MB"
+        )
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
