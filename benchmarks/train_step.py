@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in tqdm(configs, desc="peak memory (one process each)"):
         results[name].update(_run_child(full[name]))
         results[name]["fraction_of_fp32_matmul_rate"] = results[name]["achieved_gflop_s"] / rates["fp32"]
+        # Against the rate of the dtype the step's matmuls actually ran in.
+        own_rate = rates["bf16"] if full[name].get("bf16") else rates["fp32"]
+        results[name]["fraction_of_own_dtype_matmul_rate"] = results[name]["achieved_gflop_s"] / own_rate
     # Measured again after the children, to expose drift from other load on a shared machine.
     rates_after = {"fp32": matmul_rate(device, torch.float32), "bf16": matmul_rate(device, torch.bfloat16)}
     batching = [batched_vs_loop(hidden, b, device) for b in (1, 32, args.batch)]
@@ -342,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         "fd_vs_jvp_memory_ratio": jvp[memory_key] / max(fd[memory_key], 1e-9),
         "bf16_autocast_vs_fp32_speedup": fd["ms_per_step"] / results["om2p_fd_bf16_autocast"]["ms_per_step"],
         "vs_reference_structure_speedup": ref["ms_per_step"] / fd["ms_per_step"],
+        "bf16_vs_reference_structure_speedup": ref["ms_per_step"]
+        / results["om2p_fd_bf16_autocast"]["ms_per_step"],
         "agent_batched_vs_loop_forward_speedup": {str(b["batch"]): b["speedup"] for b in batching},
     }
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""

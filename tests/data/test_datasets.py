@@ -162,3 +162,21 @@ def test_omar_layout_round_trip(tiny_dataset, tmp_path, capsys):
         == 0
     )
     assert load_dataset(out, env=ENV).transitions == 100
+
+
+def test_report_states_what_the_files_hold(tiny_dataset, checkpoint_root, tmp_path):
+    from training.data.report import write_report
+
+    data = tmp_path / "data"
+    save_dataset(data / ENV / "expert.npz", tiny_dataset)
+    out = tmp_path / "docs" / "datasets.md"
+    summaries = write_report(
+        data, [ENV], out, transitions=100, seed=1, measure_load=False, checkpoints_root=checkpoint_root
+    )
+    text = out.read_text()
+    expert = summaries[ENV]["expert"]
+    assert expert["transitions"] == tiny_dataset.transitions
+    assert f"| expert | {tiny_dataset.transitions:,} |" in text
+    assert f"{expert['mean_return']:.2f}" in text
+    assert (tmp_path / "docs" / "img" / f"datasets_{ENV}.png").stat().st_size > 0
+    assert "medium-replay" not in summaries[ENV]  # only files that exist are described

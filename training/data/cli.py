@@ -104,6 +104,23 @@ def _make_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from training.data.report import write_report
+
+    out = Path(args.out)
+    summaries = write_report(
+        Path(args.data), args.envs, out, args.transitions, args.seed, measure_load=not args.no_load_time
+    )
+    for env in args.envs:
+        scores = ", ".join(f"{q} {s['normalised_score']:.1f}" for q, s in summaries.get(env, {}).items())
+        print(f"{env}: {scores or 'no datasets'}")
+    if "load_time" in summaries:
+        timing = summaries["load_time"]
+        print(f"{timing['transitions']:,} transitions load in {timing['load_s']:.2f} s")
+    print(f"wrote {out}")
+    return 0
+
+
 def _import_omar(args: argparse.Namespace) -> int:
     from training.data.describe import describe, format_summary
     from training.data.format import save_dataset
@@ -121,6 +138,7 @@ def _import_omar(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from training.data.format import QUALITIES
+    from training.envs import ENV_NAMES
 
     data = subparsers.add_parser("data", help="offline datasets: behaviour policies, collection, description")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -170,6 +188,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot-dir", dest="plot_dir", help="write <env>_returns.png here")
     p.set_defaults(handler=_make_default)
+
+    p = sub.add_parser("report", help="write docs/datasets.md (+ histograms) from the datasets on disk")
+    p.add_argument("--data", default="data", help="directory holding <env>/<quality>.npz")
+    p.add_argument("--envs", nargs="+", default=list(ENV_NAMES))
+    p.add_argument("--out", default="docs/datasets.md")
+    p.add_argument("--transitions", type=int, default=DEFAULT_TRANSITIONS, help="size stated in the commands")
+    p.add_argument("--seed", type=int, default=0, help="seed stated in the commands")
+    p.add_argument("--no-load-time", action="store_true", help="skip the one-million-transition load timing")
+    p.set_defaults(handler=_report)
 
     p = sub.add_parser(
         "import-omar", help="convert the public OMAR/OM2P layout ({env}/{quality}/seed_{s}_data)"

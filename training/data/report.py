@@ -1,0 +1,192 @@
+"""`om2p data report`: docs/datasets.md from the shipped behaviour checkpoints and the datasets on disk.
+
+Every figure in the page is read or measured when the report runs: the behaviour policies' returns from their
+manifests, each dataset's statistics from `describe`, the histograms from the arrays, and the load time of one
+million transitions from a file written and read back in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.behaviour.registry import checkpoint_dir, load_manifest
+from training.data.describe import describe, plot_returns
+from training.data.format import QUALITIES, OfflineDataset, load_dataset, save_dataset
+
+LOAD_TIME_TRANSITIONS = 1_000_000
+
+
+def measure_load_time(env: str, transitions: int = LOAD_TIME_TRANSITIONS) -> dict[str, float]:
+    """Write `transitions` random transitions with `env`'s shapes, then time `load_dataset` (validation
+    included) on the file: what a user pays to open a full-size dataset."""
+    from training.envs import env_spec
+
+    spec = env_spec(env)
+    rng = np.random.default_rng(0)
+    n, o, a = spec.n_agents, spec.obs_dim, spec.act_dim
+    episodes = transitions // spec.episode_length
+    ends = np.zeros(transitions, bool)
+    ends[spec.episode_length - 1 :: spec.episode_length] = True
+    dataset = OfflineDataset(
+        observations=rng.standard_normal((transitions, n, o), dtype=np.float32),
+        actions=rng.uniform(-1, 1, (transitions, n, a)).astype(np.float32),
+        rewards=np.zeros((transitions, n), np.float32),
+        next_observations=rng.standard_normal((transitions, n, o), dtype=np.float32),
+        dones=np.zeros((transitions, n), np.float32),
+        episode_ends=ends,
+        metadata={
+            "format_version": 1,
+            "env": env,
+            "agents": list(spec.agents),
+            "obs_dim": o,
+            "act_dim": a,
+            "obs_dims": list(spec.obs_dims),
+            "act_dims": list(spec.act_dims),
+            "action_mask": spec.action_mask.tolist(),
+            "quality": "random",
+            "seed": 0,
+            "transitions": transitions,
+            "episodes": episodes,
+            "episode_returns": [0.0] * episodes,
+            "reference_returns": {"expert": 1.0, "random": 0.0},
+            "behaviour_checkpoint_sha256": "0" * 64,
+        },
+    )
+    with tempfile.TemporaryDirectory(prefix="om2p-load-") as work:
+        path = save_dataset(Path(work) / "million.npz", dataset)
+        size_mb = path.stat().st_size / 2**20
+        _evict_from_page_cache(path)
+        started = time.perf_counter()
+        load_dataset(path, env=env)
+        seconds = time.perf_counter() - started
+    return {"transitions": transitions, "file_mb": size_mb, "load_s": seconds}
+
+
+def _evict_from_page_cache(path: Path) -> None:
+    """A file just written sits in the page cache; drop it so the timing includes reading the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _behaviour_section(env: str, checkpoints_root: Path | None) -> list[str]:
+    manifest = load_manifest(env, checkpoints_root)
+    root = checkpoint_dir(env, checkpoints_root)
+    size_kb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1024
+    config = manifest["run_config"]
+    lines = [
+        f"Behaviour policy: MATD3, {config['steps']:,} environment steps, seed {config['seed']}, "
+        f"actor {list(config['actor_hidden'])}; collection noise std {manifest['collection_noise_std']}. "
+        f"Shipped in `training/behaviour/checkpoints/{env}/` ({size_kb:.0f} kB, "
+        f"{len(manifest['medium_replay']['actors'])} replay actors up to step "
+        f"{manifest['medium_replay']['until_step']:,}).",
+        "",
+        f"| checkpoint | run step | mean return ({manifest['evaluation_episodes']} episodes, with noise) | std |",
+        "|---|---:|---:|---:|",
+    ]
+    for quality in ("random", "medium", "expert"):
+        entry = manifest["qualities"][quality]
+        lines.append(
+            f"| {quality} | {entry['step']:,} | {entry['mean_return']:.2f} | {entry['std_return']:.2f} |"
+        )
+    return [*lines, ""]
+
+
+def _dataset_section(env: str, data_dir: Path, image: Path, doc_dir: Path) -> tuple[list[str], dict]:
+    found: list[tuple[str, OfflineDataset, dict[str, Any]]] = []
+    for quality in QUALITIES:
+        path = data_dir / env / f"{quality}.npz"
+        if path.is_file():
+            dataset = load_dataset(path, env=env)
+            found.append((quality, dataset, describe(dataset, path)))
+    if not found:
+        return [f"No datasets under `{data_dir / env}`.", ""], {}
+    plot_returns([(q, d) for q, d, _ in found], image)
+    lines = [
+        "| dataset | transitions | episodes | mean return | std | min | max | normalised score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for quality, _, s in found:
+        lines.append(
+            f"| {quality} | {s['transitions']:,} | {s['episodes']:,} | {s['mean_return']:.2f} | "
+            f"{s['std_return']:.2f} | {s['min_return']:.2f} | {s['max_return']:.2f} | "
+            f"{s['normalised_score']:.1f} |"
+        )
+    lines += ["", f"![{env} episode returns]({image.relative_to(doc_dir).as_posix()})", ""]
+    return lines, {q: s for q, _, s in found}
+
+
+def write_report(
+    data_dir: Path,
+    envs: list[str],
+    out: Path,
+    transitions: int,
+    seed: int,
+    measure_load: bool = True,
+    checkpoints_root: Path | None = None,
+) -> dict[str, Any]:
+    """Write `out` (markdown) and one histogram PNG per environment under `out.parent / "img"`."""
+    doc_dir = out.parent
+    summaries: dict[str, Any] = {}
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    lines = [
+        "# Datasets",
+        "",
+        f"Made by the commands below on {when}; this page is written by `om2p data report` from the files "
+        "themselves. No dataset hub is reachable from here: om2p trains its own behaviour policies and records",
+        "the offline datasets from them (OMAR protocol; see docs/architecture.md section 2 for the format).",
+        "",
+        "- **random**: the MATD3 run's initial network; **medium**: the evaluated actor whose return is "
+        "closest to halfway between random and expert; **expert**: the best evaluated actor. Each is "
+        "recorded with the Gaussian collection noise stated per environment.",
+        "- **medium-replay**: the run's replay buffer up to the medium checkpoint, re-recorded from the "
+        "shipped replay actors in proportion to the steps each was in charge (uniform actions during warm-up).",
+        "- Normalised score = 100 (S - S_random) / (S_expert - S_random), with the reference returns of the "
+        "random and expert behaviour checkpoints stored in every file's metadata.",
+        "",
+        "## Format: one uncompressed `.npz` per dataset",
+        "",
+        "npz needs numpy only (no h5py or zarr), never unpickles (`allow_pickle=False`; metadata is a 0-d "
+        "unicode array of JSON), and uncompressed members are read straight from their file offsets.",
+    ]
+    if measure_load:
+        timing = measure_load_time(envs[0])
+        lines.append(
+            f"Measured in this run: {timing['transitions']:,} `{envs[0]}` transitions ({timing['file_mb']:.0f} MB) "
+            f"load and validate in **{timing['load_s']:.2f} s** from a cold page cache (target: under 10 s)."
+        )
+        summaries["load_time"] = timing
+    lines += [
+        "",
+        "## Commands",
+        "",
+        "```bash",
+        "# behaviour policies (already shipped; retraining is optional)",
+        "om2p data train-behaviour --env ENV --steps STEPS --seed 0 --eval-interval 10000 --out runs/behaviour/ENV  # STEPS: per environment below",
+        "om2p data ship-behaviour --env ENV --run runs/behaviour/ENV",
+        "# the datasets on this page",
+        f"om2p data collect --env ENV --quality QUALITY --transitions {transitions} --seed {seed} "
+        "--out data/ENV/QUALITY.npz",
+        f"om2p data report --data {data_dir.as_posix()} --out {out.as_posix()}",
+        "```",
+        "",
+    ]
+    for env in envs:
+        lines += [f"## {env}", ""]
+        lines += _behaviour_section(env, checkpoints_root)
+        section, summary = _dataset_section(env, data_dir, doc_dir / "img" / f"datasets_{env}.png", doc_dir)
+        lines += section
+        summaries[env] = summary
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return summaries
