@@ -31,7 +31,7 @@ class TrainConfig:
     """Hyperparameters of one training run (OM2P and the baselines that share the trainer)."""
 
     # What to train on.
-    algo: str = _doc("om2p", "algorithm module under training/algos (om2p; baselines add siblings)")
+    algo: str = _doc("om2p", "training/algos module: om2p, bc, matd3bc, omar, flow or diffusion")
     env: str = _doc("cooperative_navigation", "benchmark environment name (see `om2p envs`)")
     dataset: str = _doc("", "offline dataset .npz (default data/<env>/expert.npz)")
     steps: int = _doc(8000, "gradient steps (one step updates critics and actors of all agents)")
@@ -59,8 +59,8 @@ class TrainConfig:
     critic_lr: float = _doc(1e-3, "Adam learning rate of the critics (the paper: 3e-4 at 4x512)")
     gamma: float = _doc(0.99, "discount factor of the TD target")
     tau: float = _doc(0.005, "Polyak rate of the target critics")
-    q_aggregate: str = _doc("mean", "how the TD target combines the two target Qs: mean or min")
-    alpha: float = _doc(0.03, "weight of the normalised Q loss in the actor loss L_MF + alpha * L_Q")
+    q_aggregate: str = _doc("mean", "TD target over the two target Qs: mean or min (matd3bc, omar: min)")
+    alpha: float = _doc(0.03, "normalised Q-loss weight: L_MF + alpha L_Q; flow, diffusion: L_BC + alpha L_Q")
     bf16_autocast: bool = _doc(False, "bfloat16 autocast for the network passes that carry gradients")
 
     # Mean-flow objective.
@@ -75,6 +75,21 @@ class TrainConfig:
     equal_time_ratio: float = _doc(0.25, "fraction of samples with r = t (flow matching on the diagonal)")
     adaptive_loss_power: float = _doc(0.0, "MeanFlow adaptive weight 1/(|err|^2 + c)^p; 0 = plain MSE")
     sampling_steps: int = _doc(1, "network evaluations per action at inference (1 = one-step OM2P)")
+
+    # Baselines (training/algos/{bc,matd3bc,omar,flow,diffusion}.py); bc uses the mean-flow fields above.
+    flow_steps: int = _doc(10, "flow: Euler steps K of the flow policy (K network evaluations per action)")
+    diffusion_steps: int = _doc(10, "diffusion: DDPM/DDIM steps K (K network evaluations per action)")
+    td3bc_alpha: float = _doc(2.5, "matd3bc: TD3+BC's alpha, actor loss -alpha Q/mean|Q| + MSE(pi(o), a)")
+    policy_delay: int = _doc(2, "matd3bc, omar: critic updates per actor and target-network update (TD3)")
+    target_noise: float = _doc(0.2, "matd3bc, omar: std of the target-policy smoothing noise (TD3)")
+    target_noise_clip: float = _doc(0.5, "matd3bc, omar: clip of the target-policy smoothing noise (TD3)")
+    cql_weight: float = _doc(1.0, "omar: weight of the CQL regulariser in the critic loss")
+    cql_samples: int = _doc(10, "omar: uniform random actions per state in the CQL log-sum-exp")
+    omar_coef: float = _doc(0.7, "omar: tau of the actor loss (1 - tau)(-Q) + tau ||pi(o) - a_hat||^2")
+    omar_iterations: int = _doc(2, "omar: iterations of the zeroth-order search for a_hat")
+    omar_samples: int = _doc(10, "omar: Gaussian samples per iteration of the search")
+    omar_top_k: int = _doc(3, "omar: elites (best by Q) that refit the search's mean and std")
+    omar_init_std: float = _doc(0.5, "omar: initial std of the search, centred on the policy's action")
 
     # Evaluation, logging, checkpoints.
     eval_every: int = _doc(1000, "steps between evaluations and checkpoints (0: only at the end)")
@@ -100,7 +115,21 @@ class TrainConfig:
                 raise ValueError(f"config field {name!r}: {value!r} is not one of {', '.join(allowed)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"config field 'device': {self.device!r} must be cpu or cuda[:N]")
-        positive = ("steps", "batch_size", "sampling_steps", "eval_episodes", "eval_envs", "log_every")
+        positive = (
+            "steps",
+            "batch_size",
+            "sampling_steps",
+            "eval_episodes",
+            "eval_envs",
+            "log_every",
+            "flow_steps",
+            "diffusion_steps",
+            "policy_delay",
+            "cql_samples",
+            "omar_iterations",
+            "omar_samples",
+            "omar_top_k",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name!r} must be at least 1, got {getattr(self, name)}")
@@ -115,6 +144,17 @@ class TrainConfig:
             raise ValueError(f"config field 'equal_time_ratio': {self.equal_time_ratio} must lie in [0, 1]")
         if not 0.0 <= self.tau <= 1.0 or not 0.0 <= self.gamma <= 1.0:
             raise ValueError("config fields 'tau' and 'gamma' must lie in [0, 1]")
+        for name in ("td3bc_alpha", "target_noise", "target_noise_clip", "cql_weight"):
+            if getattr(self, name) < 0.0:
+                raise ValueError(f"config field {name!r} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.omar_coef <= 1.0:
+            raise ValueError(f"config field 'omar_coef': {self.omar_coef} must lie in [0, 1]")
+        if self.omar_top_k > self.omar_samples:
+            raise ValueError(
+                f"config field 'omar_top_k': {self.omar_top_k} exceeds omar_samples ({self.omar_samples})"
+            )
+        if not self.omar_init_std > 0.0:
+            raise ValueError(f"config field 'omar_init_std': {self.omar_init_std} must be positive")
         if not self.actor_hidden or not self.critic_hidden:
             raise ValueError("config fields 'actor_hidden' and 'critic_hidden' need at least one layer")
 
