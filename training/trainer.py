@@ -277,6 +277,8 @@ def _restore_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    # A field the checkpoint does not record was added after it was written: the run used its default.
+    saved = {**TrainConfig().to_dict(), **saved}
     changed = sorted(
         k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
     )

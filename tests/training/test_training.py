@@ -209,3 +209,18 @@ def test_om2p_train_command_on_a_dataset_file(tmp_path, spec, make_dataset, caps
     other = ["train", "--env", "predator_prey", *common, *small, "--out", str(tmp_path / "other")]
     assert main(other) == 2
     assert "cooperative_navigation" in capsys.readouterr().err
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_config_field_existed(
+    tmp_path, make_config, make_dataset
+):
+    import json
+
+    dataset, config = make_dataset(), make_config(steps=4, eval_every=2)
+    train(config.replace(steps=2), tmp_path / "run", dataset=dataset, progress=False)
+    meta_path = read_info(tmp_path / "run").path / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["omar_top_k"]  # as if written by a version without this field (it ran the default)
+    meta_path.write_text(json.dumps(meta))
+    train(config, tmp_path / "run", dataset=dataset, resume=True, progress=False)
+    assert read_info(tmp_path / "run").step == 4
