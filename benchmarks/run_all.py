@@ -73,6 +73,63 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _peer_markdown(peer: dict, serve: dict) -> list[str]:
+    """Ours vs Ray Serve: same model (2x256), same JSON body, same load generator, same machine."""
+    if "skipped" in peer:
+        return [peer["skipped"]]
+    ray, ours = peer["ray"], peer["ours"]
+    config = peer["ray_config"]
+    lines = [
+        f"Ray Serve {peer['ray_version']} (throwaway venv, not a project dependency) serving the same 2x256 "
+        f"`model.onnx` with `@serve.batch(max_batch_size={config['max_batch_size']}, "
+        f"batch_wait_timeout_s={config['batch_wait_timeout_s']:g})`, one replica, "
+        f"`max_ongoing_requests={config['max_ongoing_requests']}`, one ONNX Runtime session with one intra-op "
+        "thread and one `session.run` per batch, access log off. Both servers get the same JSON `/act` body "
+        f"from our load generator, one after the other, {peer['duration_s']:g} s per point.",
+        "",
+        f"| server | req/s, {peer['clients']} clients | p50 ms | p99 ms | errors | "
+        f"p50 ms at {peer['equal_load_rps']:,.0f} req/s | p99 ms at {peer['equal_load_rps']:,.0f} req/s | "
+        "errors (open loop) |",
+        "|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for label, entry in (("om2p serve", ours), ("Ray Serve", ray)):
+        closed, opened = entry["closed"], entry["open"]
+        lines.append(
+            f"| {label} | {_fmt(closed['throughput_rps'])} | {_fmt(closed['latency_ms']['p50'], 2)} | "
+            f"{_fmt(closed['latency_ms']['p99'], 2)} | {closed['errors'] or 'none'} | "
+            f"{_fmt(opened['latency_ms']['p50'], 2)} | {_fmt(opened['latency_ms']['p99'], 2)} | "
+            f"{opened['errors'] or 'none'} |"
+        )
+    met = "met" if peer["target"]["met"] else "**not met**"
+    ours_p99 = ours["closed"]["latency_ms"]["p99"]
+    ray_p99 = ray["closed"]["latency_ms"]["p99"]
+    lines += [
+        "",
+        f"- Throughput at {peer['clients']} clients: **{peer['throughput_ratio']:.1f}x** Ray Serve's, at a "
+        f"{'lower' if ours_p99 < ray_p99 else 'higher'} p99 ({ours_p99:.1f} vs {ray_p99:.1f} ms). Target: at "
+        f"least {peer['target']['throughput_ratio']:g}x with a lower p99: {met}.",
+        f"- p99 at equal load (open loop, {peer['equal_load_rps']:,.0f} req/s = "
+        f"{peer['equal_load_rps'] / max(ray['closed']['throughput_rps'], 1e-9):.0%} of Ray's closed-loop rate): "
+        f"{_fmt(ours['open']['latency_ms']['p99'], 2)} ms ours vs {_fmt(ray['open']['latency_ms']['p99'], 2)} ms "
+        "Ray Serve.",
+    ]
+    best = ours["at_ray_p99"]
+    if best is not None:
+        lines.append(
+            f"- Throughput at equal p99: with its p99 at or under Ray Serve's {ray_p99:.1f} ms, om2p serve "
+            f"answers {_fmt(best['throughput_rps'])} req/s ({best['concurrency']} clients, p99 "
+            f"{best['latency_ms']['p99']:.1f} ms): **{best['throughput_rps'] / ray['closed']['throughput_rps']:.1f}x**."
+        )
+    json_row = serve.get("protocols", {}).get("json")
+    if json_row:
+        lines.append(
+            f"- For reference, the Serving table's `/act 2x256 JSON` row (same server and model, measured "
+            f"earlier in this run): {_fmt(json_row['throughput_rps'])} req/s, p99 "
+            f"{_fmt(json_row['latency_ms']['p99'], 2)} ms."
+        )
+    return lines
+
+
 def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict) -> str:
     lines = [
         "# Benchmarks",
@@ -150,9 +207,10 @@ def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict) -> str:
         "",
         "## The peer: Ray Serve",
         "",
-        peer.get("skipped") or json.dumps(peer),
+        *_peer_markdown(peer, serve),
         "",
-        "Raw results: `benchmarks/results/inference.json`, `benchmarks/results/serving.json`.",
+        "Raw results: `benchmarks/results/inference.json`, `benchmarks/results/serving.json` (the peer under "
+        "`ray_serve`).",
         "",
     ]
     return "\n".join(lines)
@@ -182,7 +240,14 @@ def main() -> int:
     for key, entry in serve.items():
         if key.startswith("batching_"):
             print(f"batching on/off {key.removeprefix('batching_')}: {entry['ratio']:.2f}x")
-    print(peer.get("skipped", ""))
+    if "skipped" in peer:
+        print(peer["skipped"])
+    else:
+        closed = {side: peer[side]["closed"] for side in ("ours", "ray")}
+        print(
+            f"om2p vs Ray Serve ({peer['clients']} clients, JSON): {peer['throughput_ratio']:.1f}x req/s, "
+            f"p99 {closed['ours']['latency_ms']['p99']:.1f} vs {closed['ray']['latency_ms']['p99']:.1f} ms"
+        )
     return 0
 
 
