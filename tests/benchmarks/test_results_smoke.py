@@ -1,0 +1,131 @@
+"""`python -m benchmarks.results --smoke DIR`: two cells trained through real `om2p train` processes on tiny
+synthetic datasets, the markdown tables and the raw JSON written, and the grid resumable: a second invocation
+trains nothing, an unfinished run is resumed, a finished run of another config is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.algos import available_algorithms
+from training.data.format import FORMAT_VERSION, OfflineDataset, episode_returns, save_dataset
+from training.envs import env_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # four real `om2p train` processes
+ENV = "cooperative_navigation"
+QUALITIES = ("expert", "random")  # the smoke preset's two cells
+# The smoke preset's second column: the bc baseline when this build has it, else an OM2P ablation.
+SECOND = "bc" if "bc" in available_algorithms() else "om2p-alpha0"
+
+
+def synthetic_dataset(quality: str, episodes: int = 4, seed: int = 0) -> OfflineDataset:
+    """Random transitions in whole episodes with valid metadata: the smoke run checks plumbing, not learning,
+    and collecting real data needs shipped behaviour checkpoints."""
+    spec = env_spec(ENV)
+    rng = np.random.default_rng(seed)
+    t, n = episodes * spec.episode_length, spec.n_agents
+    rewards = np.repeat(rng.normal(size=(t, 1)).astype(np.float32), n, axis=1)
+    ends = np.zeros(t, dtype=bool)
+    ends[spec.episode_length - 1 :: spec.episode_length] = True
+    returns = episode_returns(rewards, ends)
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "env": ENV,
+        "agents": list(spec.agents),
+        "obs_dim": spec.obs_dim,
+        "act_dim": spec.act_dim,
+        "obs_dims": list(spec.obs_dims),
+        "act_dims": list(spec.act_dims),
+        "action_mask": spec.action_mask.tolist(),
+        "quality": quality,
+        "seed": seed,
+        "transitions": t,
+        "episodes": len(returns),
+        "episode_returns": returns,
+        "reference_returns": {"expert": -40.0, "random": -150.0},
+        "behaviour_checkpoint_sha256": "synthetic",
+    }
+    return OfflineDataset(
+        observations=rng.normal(size=(t, n, spec.obs_dim)).astype(np.float32),
+        actions=rng.uniform(-1, 1, size=(t, n, spec.act_dim)).astype(np.float32),
+        rewards=rewards,
+        next_observations=rng.normal(size=(t, n, spec.obs_dim)).astype(np.float32),
+        dones=np.zeros((t, n), dtype=np.float32),
+        episode_ends=ends,
+        metadata=metadata,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("results")
+    for index, quality in enumerate(QUALITIES):
+        save_dataset(work / "data" / ENV / f"{quality}.npz", synthetic_dataset(quality, seed=index))
+    command = [sys.executable, "-m", "benchmarks.results", "--smoke", str(work)]  # as `make results` runs it
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return work
+
+
+@pytest.fixture
+def results(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))  # `benchmarks` is a top-level folder, not an installed package
+    import benchmarks.results as module
+
+    return module
+
+
+def final_checkpoints(work: Path) -> dict[Path, float]:
+    return {p: p.stat().st_mtime for p in sorted((work / "runs").glob("*/*/*/seed_*/checkpoints/step_*"))}
+
+
+def test_smoke_writes_the_tables_the_json_and_the_curves(smoke):
+    data = json.loads((smoke / "results.json").read_text())
+    assert data["this_invocation"] == {"skipped": 0, "trained": 4, "resumed": 0, "failed": 0}
+    for quality in QUALITIES:
+        for column in ("om2p", SECOND):
+            cell = data["scores"][ENV][quality][column]
+            assert cell["n"] == 1 and np.isfinite(cell["mean"])
+    assert {(r["algo"], r["network_evaluations_per_action"]) for r in data["inference"]} >= {("om2p", 1)}
+    assert all(set(r["ms"]) == {"1", "1024"} for r in data["inference"])
+    markdown = (smoke / "results.md").read_text()
+    assert f"| quality | om2p | {SECOND} | best |" in markdown
+    for quality in QUALITIES:
+        assert f"| {quality} | " in markdown
+    assert "python -m benchmarks.results --smoke" in markdown and "om2p.cli train" in markdown
+    assert "torch" in markdown and "## Inference cost" in markdown
+    assert f"img/results_{ENV}.png" in markdown and (smoke / "img" / f"results_{ENV}.png").is_file()
+
+
+def test_second_invocation_trains_nothing(smoke, results, capsys):
+    before = final_checkpoints(smoke)
+    assert results.main(["--smoke", str(smoke)]) == 0  # in-process: nothing to train, no startup to pay
+    assert "4 skipped, 0 trained, 0 resumed, 0 failed" in capsys.readouterr().out
+    assert json.loads((smoke / "results.json").read_text())["this_invocation"]["skipped"] == 4
+    assert final_checkpoints(smoke) == before
+
+
+def test_unfinished_run_is_resumed(smoke, results, tmp_path):
+    finished = next((smoke / "runs").glob(f"{ENV}/expert/om2p/seed_0"))
+    run_dir = shutil.copytree(finished, tmp_path / "seed_0")
+    assert results.run_state(run_dir, steps=4) == "done"
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000004")  # as if killed after the step-2 checkpoint
+    (run_dir / "checkpoints" / "latest").write_text("step_00000002\n")
+    assert results.run_state(run_dir, steps=4) == "partial"
+    assert results.run_state(tmp_path / "never-started", steps=4) == "new"
+    with pytest.raises(results.ResultsError, match="beyond the budget"):
+        results.run_state(run_dir, steps=1)
+
+
+def test_finished_run_with_another_config_is_refused(smoke, results, capsys):
+    before = final_checkpoints(smoke)
+    assert results.main(["--smoke", str(smoke), "--set", "alpha=0.5"]) == 2
+    assert "trained with a different configuration (alpha" in capsys.readouterr().err
+    assert final_checkpoints(smoke) == before
