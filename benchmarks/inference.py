@@ -1,7 +1,8 @@
 """Inference cost per action: one-step OM2P vs 10-step flow vs 10- and 200-step diffusion, at batch
-1 / 64 / 1024, PyTorch vs ONNX Runtime. The baselines' exported models do not exist yet: a K-step sampler is
-measured as K chained evaluations of the same-width network (the synthetic 2x256 policy of
-`server.testing`, each step's output fed to the next), which is what its sampling loop costs."""
+1 / 64 / 1024, PyTorch vs ONNX Runtime. Every sampler is the real deployable `PolicyModule` that its algorithm
+builds (`ALGORITHM.build_policy`, 2x256 networks, the cooperative_navigation dims), exported to one ONNX graph by
+the project's exporter with its K steps unrolled inside: latency does not depend on the weights, so fresh ones
+serve."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 SAMPLERS = {
-    "om2p (1 step)": 1,
-    "flow (10 steps)": 10,
-    "diffusion (10 steps)": 10,
-    "diffusion (200 steps)": 200,
+    "om2p (1 step)": ("om2p", {}),
+    "flow (10 steps)": ("flow", {"flow_steps": 10}),
+    "diffusion (10 steps)": ("diffusion", {"diffusion_steps": 10}),
+    "diffusion (200 steps)": ("diffusion", {"diffusion_steps": 200}),
 }
 BATCHES = (1, 64, 1024)
-N_AGENTS, OBS_DIM, ACT_DIM, HIDDEN = 3, 18, 5, (256, 256)
+ENV, HIDDEN = "cooperative_navigation", [256, 256]
 
 
 def _time_per_call(call, budget_s: float, min_calls: int = 2) -> float:
@@ -29,24 +30,19 @@ def _time_per_call(call, budget_s: float, min_calls: int = 2) -> float:
     return (time.perf_counter() - started) / calls
 
 
-def _torch_network(weights: dict[str, np.ndarray]):
+def _policy(algo: str, overrides: dict):
+    """The algorithm's own deployable policy with fresh weights, in eval mode."""
     import torch
 
-    n_layers = sum(1 for key in weights if key.startswith("w"))
-    ws = [torch.from_numpy(weights[f"w{i}"]) for i in range(n_layers)]
-    bs = [torch.from_numpy(weights[f"b{i}"]) for i in range(n_layers)]
-    mean, std = torch.from_numpy(weights["obs_mean"]), torch.from_numpy(weights["obs_std"])
+    from training.algos import get_algorithm
+    from training.config import TrainConfig
+    from training.envs import env_spec
 
-    def evaluate(obs, z):
-        ones = torch.ones((*z.shape[:-1], 2))
-        x = torch.cat([(obs - mean) / std, z, ones], -1).transpose(0, 1)
-        for i in range(n_layers):
-            x = torch.baddbmm(bs[i], x, ws[i])
-            if i < n_layers - 1:
-                x = torch.nn.functional.gelu(x)
-        return z - x.transpose(0, 1)
-
-    return evaluate
+    spec = env_spec(ENV)
+    config = TrainConfig(algo=algo, env=ENV, actor_hidden=HIDDEN, critic_hidden=HIDDEN, **overrides)
+    mean, std = torch.zeros(spec.n_agents, spec.obs_dim), torch.ones(spec.n_agents, spec.obs_dim)
+    policy = get_algorithm(algo).build_policy(spec, config, mean, std).eval()
+    return policy, spec
 
 
 def run(work_dir: Path, budget_s: float = 0.4) -> list[dict]:
@@ -54,37 +50,35 @@ def run(work_dir: Path, budget_s: float = 0.4) -> list[dict]:
     import torch
     from tqdm import tqdm
 
-    from server.testing import synthetic_weights, write_synthetic_repository
+    from export.onnx_graph import export_onnx
 
     torch.set_num_threads(1)
-    version_dir = write_synthetic_repository(work_dir / "inference", hidden=HIDDEN)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
-        str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
-    )
-    network = _torch_network(synthetic_weights(N_AGENTS, OBS_DIM, ACT_DIM, HIDDEN, seed=0))
+    work_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     rng = np.random.default_rng(0)
-    for batch in tqdm(BATCHES, desc="inference", unit="batch size"):
-        obs = rng.normal(size=(batch, N_AGENTS, OBS_DIM)).astype(np.float32)
-        noise = rng.normal(size=(batch, N_AGENTS, ACT_DIM)).astype(np.float32)
-        obs_t, noise_t = torch.from_numpy(obs), torch.from_numpy(noise)
+    for sampler, (algo, overrides) in tqdm(SAMPLERS.items(), desc="inference", unit="sampler"):
+        policy, spec = _policy(algo, overrides)
+        path = work_dir / f"{algo}-{policy.sampler.evaluations_per_action()}.onnx"
+        # The TorchScript tracer: a 200-step unrolled chain takes minutes through the dynamo exporter.
+        export_onnx(policy, path, spec.n_agents, spec.obs_dim, spec.act_dim, exporter="torchscript")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        steps = policy.sampler.evaluations_per_action()
+        for batch in BATCHES:
+            obs = rng.normal(size=(batch, spec.n_agents, spec.obs_dim)).astype(np.float32)
+            noise = rng.normal(size=(batch, spec.n_agents, spec.act_dim)).astype(np.float32)
+            obs_t, noise_t = torch.from_numpy(obs), torch.from_numpy(noise)
 
-        def ort_sampler(steps: int, o=obs, n=noise) -> None:
-            z = n
-            for _ in range(steps):  # each step feeds the previous action back in, as a sampler does
-                z = session.run(["actions"], {"obs": o, "noise": z})[0]
+            def ort_call(o=obs, n=noise, s=session) -> None:
+                s.run(["actions"], {"obs": o, "noise": n})
 
-        def torch_sampler(steps: int, o=obs_t, n=noise_t) -> None:
-            with torch.inference_mode():
-                z = n
-                for _ in range(steps):
-                    z = network(o, z)
+            def torch_call(o=obs_t, n=noise_t, p=policy) -> None:
+                with torch.inference_mode():
+                    p(o, n)
 
-        for sampler, steps in SAMPLERS.items():
-            ort_s = _time_per_call(lambda k=steps: ort_sampler(k), budget_s)
-            torch_s = _time_per_call(lambda k=steps: torch_sampler(k), budget_s)
+            ort_s = _time_per_call(ort_call, budget_s)
+            torch_s = _time_per_call(torch_call, budget_s)
             rows.append(
                 {
                     "sampler": sampler,
@@ -98,4 +92,5 @@ def run(work_dir: Path, budget_s: float = 0.4) -> list[dict]:
     for row in rows:  # the one-step policy's advantage, from timings of the same run
         base = next(r for r in rows if r["batch"] == row["batch"] and r["steps"] == 1)
         row["om2p_speedup_onnxruntime"] = row["onnxruntime_us"] / base["onnxruntime_us"]
+        row["om2p_speedup_pytorch"] = row["pytorch_us"] / base["pytorch_us"]
     return rows
