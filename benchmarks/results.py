@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, help="training processes in parallel (default 1)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="training device (default cpu)")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the report from the runs that exist (unfinished ones are listed)",
+    )
+    parser.add_argument(
         "--smoke", metavar="DIR", help="two cells, a few steps, one seed, two algorithms; writes under DIR"
     )
     return parser
@@ -885,11 +890,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        settings = resolve_settings(args, argv)
+        # The report states the command that trains the grid, not the one that only re-read it.
+        settings = resolve_settings(args, [a for a in argv if a != "--report-only"])
         runs = plan_runs(settings)
         check_configs(runs, settings)
-        ensure_datasets(needed_datasets(runs), settings)
-        report = run_grid(runs, settings)
+        if args.report_only:
+            report: dict[str, list[Run]] = {"skipped": [], "trained": [], "resumed": [], "failed": []}
+        else:
+            ensure_datasets(needed_datasets(runs), settings)
+            report = run_grid(runs, settings)
         summarise(runs, settings, report)
     except ResultsError as error:
         print(f"benchmarks.results: error: {error}", file=sys.stderr)

@@ -129,3 +129,11 @@ def test_finished_run_with_another_config_is_refused(smoke, results, capsys):
     assert results.main(["--smoke", str(smoke), "--set", "alpha=0.5"]) == 2
     assert "trained with a different configuration (alpha" in capsys.readouterr().err
     assert final_checkpoints(smoke) == before
+
+
+def test_report_only_trains_nothing_and_lists_what_is_missing(smoke, results, capsys):
+    before = final_checkpoints(smoke)
+    assert results.main(["--smoke", str(smoke), "--seeds", "0", "1", "--report-only"]) == 0
+    assert final_checkpoints(smoke) == before  # seed 1 was never trained, and still is not
+    markdown = (smoke / "results.md").read_text()
+    assert "seed_1" in markdown and "--report-only" not in markdown
