@@ -4,11 +4,16 @@ one batched matmul per layer; TD targets and Polyak averaging of the target netw
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from training.networks import GroupedMLP
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+    from training.envs.spec import EnvSpec
 
 
 class AgentCritics(nn.Module):
@@ -40,6 +45,19 @@ class AgentCritics(nn.Module):
         self.net = GroupedMLP(groups, in_features, tuple(hidden), 1, activation, layer_norm=True)
         if share_parameters:
             self.register_buffer("agent_ids", torch.eye(n_agents).unsqueeze(1), persistent=False)
+
+    @classmethod
+    def for_config(cls, spec: EnvSpec, config: TrainConfig) -> AgentCritics:
+        """The twin critics every Q-supervised algorithm trains, sized and shaped by the run's config."""
+        return cls(
+            spec.n_agents,
+            spec.obs_dim,
+            spec.act_dim,
+            config.critic_hidden,
+            config.activation,
+            share_parameters=config.share_parameters,
+            centralised=config.centralised_critic,
+        )
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """`obs [N, B, obs_dim]`, `actions [N, B, act_dim]` (agent-major) -> `Q [N, E, B]`."""

@@ -77,15 +77,7 @@ class KStepQPolicy(Algorithm):
     def __init__(self, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor):
         super().__init__(spec, config, obs_mean, obs_std)
         self.policy = self.build_policy(spec, config, obs_mean, obs_std)
-        self.critics = AgentCritics(
-            spec.n_agents,
-            spec.obs_dim,
-            spec.act_dim,
-            config.critic_hidden,
-            config.activation,
-            share_parameters=config.share_parameters,
-            centralised=config.centralised_critic,
-        )
+        self.critics = AgentCritics.for_config(spec, config)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
 

@@ -92,15 +92,7 @@ class MATD3BC(Algorithm):
         super().__init__(spec, config, obs_mean, obs_std)
         self.policy = self.build_policy(spec, config, obs_mean, obs_std)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critics = AgentCritics(
-            spec.n_agents,
-            spec.obs_dim,
-            spec.act_dim,
-            config.critic_hidden,
-            config.activation,
-            share_parameters=config.share_parameters,
-            centralised=config.centralised_critic,
-        )
+        self.critics = AgentCritics.for_config(spec, config)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
         # Critic updates so far: decides the delayed actor steps. A Python int (no device sync per step),
