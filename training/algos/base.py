@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from training.config import TrainConfig
 from training.envs.spec import EnvSpec
+from training.networks import agent_major
 from training.policy import PolicyModule
 
 
@@ -26,6 +27,18 @@ class Batch:
     dones: torch.Tensor
 
 
+class AgentBatch(NamedTuple):
+    """A `Batch` as every update consumes it: agent-major `[N, B, *]`, observations normalised with the
+    policy's statistics, and the action mask `[N, 1, A]` that zeroes padded action entries."""
+
+    obs: torch.Tensor
+    next_obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+    mask: torch.Tensor
+
+
 class Algorithm(nn.Module, ABC):
     """One offline multi-agent learner. Everything it learns is a submodule (saved in `weights.safetensors`);
     the deployable part is `self.policy`, a `PolicyModule` whose state-dict keys start with `policy.`."""
@@ -38,6 +51,7 @@ class Algorithm(nn.Module, ABC):
     def __init__(self, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor):
         super().__init__()
         self.spec, self.config = spec, config
+        self._optimizers: dict[str, torch.optim.Optimizer] | None = None
 
     @classmethod
     @abstractmethod
@@ -58,3 +72,23 @@ class Algorithm(nn.Module, ABC):
     def evaluations_per_action(self) -> int:
         """Network evaluations per served action (1 for one-step OM2P, K for K-step samplers)."""
         return 1
+
+    def agent_major_batch(self, batch: Batch) -> AgentBatch:
+        return AgentBatch(
+            agent_major(self.policy.normalise(batch.observations)),
+            agent_major(self.policy.normalise(batch.next_observations)),
+            agent_major(batch.actions),
+            batch.rewards.transpose(0, 1),
+            batch.dones.transpose(0, 1),
+            self.policy.action_mask.unsqueeze(1),
+        )
+
+    def lazy_adam(self, **groups: tuple[nn.Module, float]) -> dict[str, torch.optim.Optimizer]:
+        """One fused Adam per named `(module, learning rate)`, built on first use: after the trainer has moved
+        the module to its device, which fused Adam needs."""
+        if self._optimizers is None:
+            self._optimizers = {
+                name: torch.optim.Adam(module.parameters(), lr=lr, fused=True)
+                for name, (module, lr) in groups.items()
+            }
+        return self._optimizers

@@ -16,7 +16,6 @@ from training.algos.om2p import OM2P, mean_flow_objective
 from training.algos.timesteps import sample_timesteps
 from training.config import TrainConfig
 from training.envs.spec import EnvSpec
-from training.networks import agent_major
 from training.policy import MeanFlowActor, PolicyModule
 
 
@@ -28,7 +27,6 @@ class BC(Algorithm):
     def __init__(self, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor):
         super().__init__(spec, config, obs_mean, obs_std)
         self.policy = self.build_policy(spec, config, obs_mean, obs_std)
-        self._optimizers: dict[str, torch.optim.Optimizer] | None = None
 
     @classmethod
     def build_policy(
@@ -45,18 +43,11 @@ class BC(Algorithm):
         return self.config.sampling_steps
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        # Built lazily, after the trainer has moved the module to its device (fused Adam needs that).
-        if self._optimizers is None:
-            self._optimizers = {
-                "actor": torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr, fused=True)
-            }
-        return self._optimizers
+        return self.lazy_adam(actor=(self.actor, self.config.actor_lr))
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         config = self.config
-        obs = agent_major(self.policy.normalise(batch.observations))
-        x = agent_major(batch.actions)
-        mask = self.policy.action_mask.unsqueeze(1)  # [N, 1, A]
+        obs, _, x, _, _, mask = self.agent_major_batch(batch)
         n, b = x.shape[0], x.shape[1]
 
         # Mean-flow loss (the whole actor loss): L_MF at (r, t) from OM2P's timestep distribution.

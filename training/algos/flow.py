@@ -28,7 +28,6 @@ from training.algos.critics import AgentCritics, critic_loss, normalised_q_loss,
 from training.algos.om2p import frozen, mean_flow_loss, path_point
 from training.config import TrainConfig
 from training.envs.spec import EnvSpec
-from training.networks import agent_major
 from training.policy import MeanFlowActor, PolicyModule, constant_like
 
 __all__ = ["FlowQL", "FlowSampler", "KStepQPolicy", "conditional_network"]
@@ -79,7 +78,6 @@ class KStepQPolicy(Algorithm):
         self.policy = self.build_policy(spec, config, obs_mean, obs_std)
         self.critics = AgentCritics.for_config(spec, config)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
-        self._optimizers: dict[str, torch.optim.Optimizer] | None = None
 
     @property
     def sampler(self) -> nn.Module:
@@ -89,14 +87,9 @@ class KStepQPolicy(Algorithm):
         return self.sampler.evaluations_per_action()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        # Built lazily, after the trainer has moved the module to its device (fused Adam needs that).
-        if self._optimizers is None:
-            fused = {"fused": True}
-            self._optimizers = {
-                "actor": torch.optim.Adam(self.sampler.parameters(), lr=self.config.actor_lr, **fused),
-                "critic": torch.optim.Adam(self.critics.parameters(), lr=self.config.critic_lr, **fused),
-            }
-        return self._optimizers
+        return self.lazy_adam(
+            actor=(self.sampler, self.config.actor_lr), critic=(self.critics, self.config.critic_lr)
+        )
 
     def bc_loss(self, obs: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The generative model's behaviour-cloning loss on dataset actions `x [N, B, A]`."""
@@ -109,11 +102,7 @@ class KStepQPolicy(Algorithm):
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         config = self.config
         optimizers = self.optimizers()
-        obs = agent_major(self.policy.normalise(batch.observations))
-        next_obs = agent_major(self.policy.normalise(batch.next_observations))
-        x = agent_major(batch.actions)
-        rewards, dones = batch.rewards.transpose(0, 1), batch.dones.transpose(0, 1)
-        mask = self.policy.action_mask.unsqueeze(1)  # [N, 1, A]
+        obs, next_obs, x, rewards, dones, mask = self.agent_major_batch(batch)
 
         # Critics: TD regression toward the target critics at the K-step next action.
         with torch.no_grad():

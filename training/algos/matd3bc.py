@@ -24,7 +24,7 @@ from training.algos.critics import AgentCritics, critic_loss, normalised_q_loss,
 from training.algos.om2p import frozen
 from training.config import TrainConfig
 from training.envs.spec import EnvSpec
-from training.networks import GroupedMLP, agent_major
+from training.networks import GroupedMLP
 from training.policy import PolicyModule
 
 __all__ = ["MATD3BC", "DeterministicActor", "DeterministicSampler", "masked_mse"]
@@ -94,7 +94,6 @@ class MATD3BC(Algorithm):
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.critics = AgentCritics.for_config(spec, config)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
-        self._optimizers: dict[str, torch.optim.Optimizer] | None = None
         # Critic updates so far: decides the delayed actor steps. A Python int (no device sync per step),
         # saved through the module's extra state so that --resume keeps the same schedule.
         self._updates = 0
@@ -120,14 +119,9 @@ class MATD3BC(Algorithm):
         return self.policy.sampler.actor
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        # Built lazily, after the trainer has moved the module to its device (fused Adam needs that).
-        if self._optimizers is None:
-            fused = {"fused": True}
-            self._optimizers = {
-                "actor": torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr, **fused),
-                "critic": torch.optim.Adam(self.critics.parameters(), lr=self.config.critic_lr, **fused),
-            }
-        return self._optimizers
+        return self.lazy_adam(
+            actor=(self.actor, self.config.actor_lr), critic=(self.critics, self.config.critic_lr)
+        )
 
     def get_extra_state(self) -> torch.Tensor:
         return torch.tensor(self._updates, dtype=torch.int64)
@@ -159,11 +153,7 @@ class MATD3BC(Algorithm):
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         config = self.config
         optimizers = self.optimizers()
-        obs = agent_major(self.policy.normalise(batch.observations))
-        next_obs = agent_major(self.policy.normalise(batch.next_observations))
-        x = agent_major(batch.actions)
-        rewards, dones = batch.rewards.transpose(0, 1), batch.dones.transpose(0, 1)
-        mask = self.policy.action_mask.unsqueeze(1)  # [N, 1, A]
+        obs, next_obs, x, rewards, dones, mask = self.agent_major_batch(batch)
 
         # Critics: clipped double-Q TD target at the smoothed target-policy action (TD3).
         with torch.no_grad():

@@ -25,7 +25,6 @@ from training.algos.critics import AgentCritics, critic_loss, normalised_q_loss,
 from training.algos.timesteps import sample_timesteps
 from training.config import TrainConfig
 from training.envs.spec import EnvSpec
-from training.networks import agent_major
 from training.policy import MeanFlowActor, MeanFlowSampler, PolicyModule, constant_like
 
 __all__ = [
@@ -166,7 +165,6 @@ class OM2P(Algorithm):
         self.policy = self.build_policy(spec, config, obs_mean, obs_std)
         self.critics = AgentCritics.for_config(spec, config)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
-        self._optimizers: dict[str, torch.optim.Optimizer] | None = None
 
     @classmethod
     def build_policy(
@@ -191,14 +189,9 @@ class OM2P(Algorithm):
         return self.config.sampling_steps
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        # Built lazily, after the trainer has moved the module to its device (fused Adam needs that).
-        if self._optimizers is None:
-            fused = {"fused": True}
-            self._optimizers = {
-                "actor": torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr, **fused),
-                "critic": torch.optim.Adam(self.critics.parameters(), lr=self.config.critic_lr, **fused),
-            }
-        return self._optimizers
+        return self.lazy_adam(
+            actor=(self.actor, self.config.actor_lr), critic=(self.critics, self.config.critic_lr)
+        )
 
     def _autocast(self, device: torch.device):
         if not self.config.bf16_autocast:
@@ -208,11 +201,7 @@ class OM2P(Algorithm):
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         config, actor = self.config, self.actor
         optimizers = self.optimizers()
-        obs = agent_major(self.policy.normalise(batch.observations))
-        next_obs = agent_major(self.policy.normalise(batch.next_observations))
-        x = agent_major(batch.actions)
-        rewards, dones = batch.rewards.transpose(0, 1), batch.dones.transpose(0, 1)
-        mask = self.policy.action_mask.unsqueeze(1)  # [N, 1, A]
+        obs, next_obs, x, rewards, dones, mask = self.agent_major_batch(batch)
         n, b = x.shape[0], x.shape[1]
         device = x.device
 
