@@ -145,6 +145,11 @@ class Settings:
     dataset_transitions: int | None
     timing_budget_s: float
     invocation: str
+    cells: list[tuple[str, str]]
+    """(env, quality) pairs of the main table: every env x quality, or `--cells`"""
+
+    def qualities_of(self, env: str) -> list[str]:
+        return [quality for cell_env, quality in self.cells if cell_env == env]
 
     def run_dir(self, run: Run) -> Path:
         return self.runs / run.env / run.quality / run.column / f"seed_{run.seed}"
@@ -179,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-ablations", action="store_true", help="run no ablations")
     parser.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="ENV:QUALITY",
+        help="main-table cells instead of every --envs x --qualities (e.g. a second env in two qualities)",
+    )
+    parser.add_argument(
         "--ablation-cells", nargs="+", metavar="ENV:QUALITY", help="cells the ablations run on"
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
@@ -205,10 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_cell(text: str) -> tuple[str, str]:
+def parse_cell(text: str, option: str = "--ablation-cells") -> tuple[str, str]:
     env, sep, quality = text.partition(":")
     if not sep or quality not in QUALITIES:
-        raise ResultsError(f"--ablation-cells {text!r}: expected ENV:QUALITY with a quality in {QUALITIES}")
+        raise ResultsError(f"{option} {text!r}: expected ENV:QUALITY with a quality in {QUALITIES}")
     return env, quality
 
 
@@ -221,9 +232,16 @@ def resolve_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         return defaults[name] if value is None else value
 
     ablations = [] if args.no_ablations else pick("ablations")
+    if args.cells:
+        cells = list(dict.fromkeys(parse_cell(c, "--cells") for c in args.cells))
+        envs = list(dict.fromkeys(env for env, _ in cells))
+        qualities = [q for q in QUALITIES if any(q == quality for _, quality in cells)]
+    else:
+        envs, qualities = pick("envs"), pick("qualities")
+        cells = [(env, quality) for env in envs for quality in qualities]
     settings = Settings(
-        envs=pick("envs"),
-        qualities=pick("qualities"),
+        envs=envs,
+        qualities=qualities,
         algos=pick("algos"),
         ablations=ablations,
         ablation_cells=[parse_cell(c) for c in pick("ablation_cells")] if ablations else [],
@@ -241,6 +259,7 @@ def resolve_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         dataset_transitions=defaults["dataset_transitions"],
         timing_budget_s=defaults["timing_budget_s"],
         invocation=shlex.join(["python", "-m", "benchmarks.results", *argv]),
+        cells=cells,
     )
     validate(settings)
     return settings
@@ -274,8 +293,7 @@ def plan_runs(settings: Settings) -> list[Run]:
     """The main grid, then the ablation cells (OM2P and each variant); a run shared by both appears once."""
     runs = [
         Run(env, quality, algo, seed)
-        for env in settings.envs
-        for quality in settings.qualities
+        for env, quality in settings.cells
         for algo in settings.algos
         for seed in settings.seeds
     ]
@@ -805,10 +823,11 @@ def plot_curves(outcomes: Sequence[dict[str, Any]], settings: Settings) -> dict[
     settings.images.mkdir(parents=True, exist_ok=True)
     paths = {}
     for env in settings.envs:
+        qualities = settings.qualities_of(env)
         figure, axes = plt.subplots(
-            1, len(settings.qualities), figsize=(4 * len(settings.qualities), 3.4), sharey=True, squeeze=False
+            1, len(qualities), figsize=(4 * len(qualities), 3.4), sharey=True, squeeze=False
         )
-        for axis, quality in zip(axes[0], settings.qualities, strict=True):
+        for axis, quality in zip(axes[0], qualities, strict=True):
             for column in settings.algos:
                 curves = [
                     o["curve"]
@@ -850,7 +869,7 @@ def summarise(runs: Sequence[Run], settings: Settings, report: dict[str, list[Ru
     found = {run: read_outcome(run, settings) for run in runs}
     outcomes = [o for o in found.values() if o is not None]
     unfinished = [settings.run_dir(run) for run, outcome in found.items() if outcome is None]
-    cells = [(env, quality) for env in settings.envs for quality in settings.qualities]
+    cells = settings.cells
     table = score_table(outcomes, cells, settings.algos)
     ablations = score_table(outcomes, settings.ablation_cells, [BASE_ALGO, *settings.ablations])
     flags = not_best_cells(table)

@@ -137,3 +137,10 @@ def test_report_only_trains_nothing_and_lists_what_is_missing(smoke, results, ca
     assert final_checkpoints(smoke) == before  # seed 1 was never trained, and still is not
     markdown = (smoke / "results.md").read_text()
     assert "seed_1" in markdown and "--report-only" not in markdown
+
+
+def test_cells_choose_the_main_table(smoke, results):
+    assert results.main(["--smoke", str(smoke), "--cells", f"{ENV}:expert", "--report-only"]) == 0
+    markdown = (smoke / "results.md").read_text()
+    assert "| expert | " in markdown and "| random | " not in markdown
+    assert results.main(["--smoke", str(smoke), "--cells", "nowhere"]) == 2
