@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import warnings
 
 import numpy as np
 
@@ -13,11 +15,25 @@ from training.envs.spec import EnvSpec
 MAMUJOCO_EPISODE_LENGTH = 1000
 
 
+class MuJoCoWarning(UserWarning):
+    """A warning of the MuJoCo engine (e.g. a deprecated attribute in a bundled robot model)."""
+
+
+@functools.cache
+def _route_mujoco_warnings() -> None:
+    """MuJoCo prints each engine warning on every model compile and appends it to MUJOCO_LOG.TXT in the
+    working directory; as a Python warning it is shown once and leaves no file behind."""
+    import mujoco
+
+    mujoco.set_mju_user_warning(lambda message: warnings.warn(message, MuJoCoWarning, stacklevel=2))
+
+
 class MaMuJoCoEnv(MultiAgentEnv):
     """A factorised MuJoCo robot; all agents learn and share the robot's reward."""
 
     def __init__(self, name: str, scenario: str, agent_conf: str, agent_obsk: int = 1) -> None:
         super().__init__()
+        _route_mujoco_warnings()
         # gymnasium-robotics prints a notice about Adroit environments on import; it does not concern us.
         with contextlib.redirect_stderr(io.StringIO()):
             from gymnasium_robotics import mamujoco_v1
