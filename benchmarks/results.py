@@ -147,6 +147,8 @@ class Settings:
     invocation: str
     cells: list[tuple[str, str]]
     """(env, quality) pairs of the main table: every env x quality, or `--cells`"""
+    notes: Path | None = None
+    """markdown appended as the report's Notes section (`--notes`)"""
 
     def qualities_of(self, env: str) -> list[str]:
         return [quality for cell_env, quality in self.cells if cell_env == env]
@@ -205,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="raw numbers (default benchmarks/results/results.json)")
     parser.add_argument("--jobs", type=int, help="training processes in parallel (default 1)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="training device (default cpu)")
+    parser.add_argument("--notes", help="markdown file appended to the report as its Notes section")
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -260,8 +263,11 @@ def resolve_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         timing_budget_s=defaults["timing_budget_s"],
         invocation=shlex.join(["python", "-m", "benchmarks.results", *argv]),
         cells=cells,
+        notes=Path(args.notes) if args.notes else None,
     )
     validate(settings)
+    if settings.notes is not None and not settings.notes.is_file():
+        raise ResultsError(f"--notes {settings.notes}: no such file")
     return settings
 
 
@@ -810,6 +816,10 @@ def render_markdown(
         *inference_lines(inference),
         "",
     ]
+    if settings.notes is not None:
+        # A person's reading of the numbers: why a cell went the way it did. Kept in its own file so that
+        # regenerating the tables never loses it.
+        lines += ["## Notes", "", settings.notes.read_text().strip(), ""]
     return "\n".join(lines)
 
 

@@ -139,8 +139,12 @@ def test_report_only_trains_nothing_and_lists_what_is_missing(smoke, results, ca
     assert "seed_1" in markdown and "--report-only" not in markdown
 
 
-def test_cells_choose_the_main_table(smoke, results):
-    assert results.main(["--smoke", str(smoke), "--cells", f"{ENV}:expert", "--report-only"]) == 0
+def test_cells_choose_the_main_table_and_notes_are_kept(smoke, results, tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("OM2P ties BC here because the budget is short.\n")
+    argv = ["--smoke", str(smoke), "--cells", f"{ENV}:expert", "--notes", str(notes), "--report-only"]
+    assert results.main(argv) == 0
     markdown = (smoke / "results.md").read_text()
     assert "| expert | " in markdown and "| random | " not in markdown
+    assert "## Notes\n\nOM2P ties BC here because the budget is short." in markdown
     assert results.main(["--smoke", str(smoke), "--cells", "nowhere"]) == 2
