@@ -18,7 +18,7 @@ def _train_behaviour(args: argparse.Namespace) -> int:
     if args.env not in ENV_NAMES:
         raise ValueError(f"--env: unknown environment {args.env!r}; choose one of {', '.join(ENV_NAMES)}")
     config = MATD3Config(env=args.env, steps=args.steps, seed=args.seed)
-    for name in ("n_envs", "eval_interval", "warmup", "updates_per_step", "threads"):
+    for name in ("n_envs", "eval_interval", "warmup", "updates_per_step", "exploration_noise", "threads"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     history = train(config, Path(args.out), resume=args.resume)
@@ -153,6 +153,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-interval", dest="eval_interval", type=int)
     p.add_argument("--warmup", type=int)
     p.add_argument("--updates-per-step", dest="updates_per_step", type=float)
+    p.add_argument(
+        "--exploration-noise",
+        dest="exploration_noise",
+        type=float,
+        help="std of the Gaussian action noise while collecting (sparse rewards need more than 0.1)",
+    )
     p.add_argument("--threads", type=int)
     p.set_defaults(handler=_train_behaviour)
 
