@@ -269,12 +269,40 @@ def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict, train_repor
     return "\n".join(lines)
 
 
+def _quick() -> int:
+    """Every stage with tiny budgets; writes nothing under the repository (numbers are meaningless)."""
+    with tempfile.TemporaryDirectory(prefix="om2p-bench-quick-") as work:
+        work_dir = Path(work)
+        train_json = work_dir / "train_step.json"
+        train_step.main(["--out", str(train_json), "--hidden", "64,64", "--steps", "1", "--rounds", "1"])
+        rows = inference.run(work_dir / "inference", budget_s=0.02)
+        serve = serving.run(
+            work_dir, BUNDLED if any(BUNDLED.glob("*/manifest.json")) else None, duration_s=1.5
+        )
+        peer = ray_peer.run(work_dir / "m256", duration_s=1.5)
+        meta = {"when": "quick", "machine": platform.machine(), "cpus": os.cpu_count(), "load_average": "-"}
+        markdown = _markdown(meta, rows, serve, peer, json.loads(train_json.read_text()))
+        _plot_inference(rows, work_dir / "inference.png")
+        _plot_serving(serve, work_dir / "serving.png")
+    print(
+        f"quick bench ok: {len(markdown.splitlines())} lines of markdown; peer: {peer.get('skipped', 'measured')}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="make bench: training step, inference, serving, the peer")
     parser.add_argument(
         "--skip-train-step", action="store_true", help="reuse benchmarks/results/train_step.json if present"
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of the whole pipeline (short points, small training step) into a temp dir",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        return _quick()
     RESULTS.mkdir(parents=True, exist_ok=True)
     IMAGES.mkdir(parents=True, exist_ok=True)
     meta = {

@@ -151,6 +151,11 @@ def raw_onnx_call_us(model: Path, calls: int = 2000) -> float:
     return float(np.median(times) * 1e6)
 
 
+def ratio(numerator: float, denominator: float) -> float:
+    """A throughput ratio; NaN (printed as such) when the denominator served nothing in its window."""
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
 def run(work_dir: Path, bundled: Path | None, duration_s: float = 3.0) -> dict:
     from tqdm import tqdm
 
@@ -178,7 +183,7 @@ def run(work_dir: Path, bundled: Path | None, duration_s: float = 3.0) -> dict:
             for label, options in (("on", {}), ("off", {"max_batch_rows": 1})):
                 with om2p_server(models[name], **options) as url:
                     entry[label] = closed(url, duration_s)
-            entry["ratio"] = entry["on"]["throughput_rps"] / max(entry["off"]["throughput_rps"], 1e-9)
+            entry["ratio"] = ratio(entry["on"]["throughput_rps"], entry["off"]["throughput_rps"])
             results[f"batching_{name}"] = entry
         elif step == "protocols":
             with om2p_server(models["2x256"]) as url:
@@ -198,9 +203,7 @@ def run(work_dir: Path, bundled: Path | None, duration_s: float = 3.0) -> dict:
                 "server_overhead_us": low["latency_ms"]["p50"] * 1e3 - raw_us,
                 "low_load": low,
             }
-    raw = results["raw_app"]["ours"]["throughput_rps"]
-    results["act_vs_raw_asgi"] = results["protocols"]["binary"]["throughput_rps"] / raw
-    results["act_vs_fastapi_constant"] = (
-        results["protocols"]["binary"]["throughput_rps"] / results["fastapi_app"]["ours"]["throughput_rps"]
-    )
+    act = results["protocols"]["binary"]["throughput_rps"]
+    results["act_vs_raw_asgi"] = ratio(act, results["raw_app"]["ours"]["throughput_rps"])
+    results["act_vs_fastapi_constant"] = ratio(act, results["fastapi_app"]["ours"]["throughput_rps"])
     return results
