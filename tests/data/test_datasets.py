@@ -170,9 +170,7 @@ def test_report_states_what_the_files_hold(tiny_dataset, checkpoint_root, tmp_pa
     data = tmp_path / "data"
     save_dataset(data / ENV / "expert.npz", tiny_dataset)
     out = tmp_path / "docs" / "datasets.md"
-    summaries = write_report(
-        data, [ENV], out, transitions=100, seed=1, measure_load=False, checkpoints_root=checkpoint_root
-    )
+    summaries = write_report(data, [ENV], out, measure_load=False, checkpoints_root=checkpoint_root)
     text = out.read_text()
     expert = summaries[ENV]["expert"]
     assert expert["transitions"] == tiny_dataset.transitions
@@ -180,3 +178,4 @@ def test_report_states_what_the_files_hold(tiny_dataset, checkpoint_root, tmp_pa
     assert f"{expert['mean_return']:.2f}" in text
     assert (tmp_path / "docs" / "img" / f"datasets_{ENV}.png").stat().st_size > 0
     assert "medium-replay" not in summaries[ENV]  # only files that exist are described
+    assert f"--transitions {tiny_dataset.transitions} --seed 1" in text  # the command that made this file

@@ -108,9 +108,7 @@ def _report(args: argparse.Namespace) -> int:
     from training.data.report import write_report
 
     out = Path(args.out)
-    summaries = write_report(
-        Path(args.data), args.envs, out, args.transitions, args.seed, measure_load=not args.no_load_time
-    )
+    summaries = write_report(Path(args.data), args.envs, out, measure_load=not args.no_load_time)
     for env in args.envs:
         scores = ", ".join(f"{q} {s['normalised_score']:.1f}" for q, s in summaries.get(env, {}).items())
         print(f"{env}: {scores or 'no datasets'}")
@@ -199,8 +197,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="data", help="directory holding <env>/<quality>.npz")
     p.add_argument("--envs", nargs="+", default=list(ENV_NAMES))
     p.add_argument("--out", default="docs/datasets.md")
-    p.add_argument("--transitions", type=int, default=DEFAULT_TRANSITIONS, help="size stated in the commands")
-    p.add_argument("--seed", type=int, default=0, help="seed stated in the commands")
     p.add_argument("--no-load-time", action="store_true", help="skip the one-million-transition load timing")
     p.set_defaults(handler=_report)
 

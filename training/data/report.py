@@ -85,8 +85,10 @@ def _behaviour_section(env: str, checkpoints_root: Path | None) -> list[str]:
     size_kb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1024
     config = manifest["run_config"]
     lines = [
-        f"Behaviour policy: MATD3, {config['steps']:,} environment steps, seed {config['seed']}, "
-        f"actor {list(config['actor_hidden'])}; collection noise std {manifest['collection_noise_std']}. "
+        f"Behaviour policy: MATD3 (run configured for {config['steps']:,} environment steps, seed "
+        f"{config['seed']}, exploration noise {config['exploration_noise']}; the expert is its best evaluated "
+        f"actor, at step {manifest['qualities']['expert']['step']:,}), actor {list(config['actor_hidden'])}; "
+        f"collection noise std {manifest['collection_noise_std']}. "
         f"Shipped in `training/behaviour/checkpoints/{env}/` ({size_kb:.0f} kB, "
         f"{len(manifest['medium_replay']['actors'])} replay actors up to step "
         f"{manifest['medium_replay']['until_step']:,}).",
@@ -122,16 +124,37 @@ def _dataset_section(env: str, data_dir: Path, image: Path, doc_dir: Path) -> tu
             f"{s['std_return']:.2f} | {s['min_return']:.2f} | {s['max_return']:.2f} | "
             f"{s['normalised_score']:.1f} |"
         )
-    lines += ["", f"![{env} episode returns]({image.relative_to(doc_dir).as_posix()})", ""]
-    return lines, {q: s for q, _, s in found}
+    summaries = {q: s for q, _, s in found}
+    lines += ["", *_margins(summaries)]
+    meta = found[0][1].metadata
+    lines += [
+        "",
+        f"Made with `om2p data make-default --envs {env} --transitions {meta['transitions']} "
+        f"--seed {meta['seed']}`.",
+        "",
+        f"![{env} episode returns]({image.relative_to(doc_dir).as_posix()})",
+        "",
+    ]
+    return lines, summaries
+
+
+def _margins(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """Expert - medium and medium - random in standard errors of the difference: how clearly the
+    qualities are separated (a few standard errors is ordered; tens is clear)."""
+    parts = []
+    for high, low in (("expert", "medium"), ("medium", "random")):
+        if high in summaries and low in summaries:
+            a, b = summaries[high], summaries[low]
+            gap = a["mean_return"] - b["mean_return"]
+            error = (a["std_return"] ** 2 / a["episodes"] + b["std_return"] ** 2 / b["episodes"]) ** 0.5
+            parts.append(f"{high} - {low} = {gap:.2f} ({gap / error:.1f} standard errors)")
+    return [f"Margins: {'; '.join(parts)}."] if parts else []
 
 
 def write_report(
     data_dir: Path,
     envs: list[str],
     out: Path,
-    transitions: int,
-    seed: int,
     measure_load: bool = True,
     checkpoints_root: Path | None = None,
 ) -> dict[str, Any]:
@@ -174,9 +197,8 @@ def write_report(
         "# behaviour policies (already shipped; retraining is optional)",
         "om2p data train-behaviour --env ENV --steps STEPS --seed 0 --eval-interval 10000 --out runs/behaviour/ENV  # STEPS: per environment below",
         "om2p data ship-behaviour --env ENV --run runs/behaviour/ENV",
-        "# the datasets on this page",
-        f"om2p data collect --env ENV --quality QUALITY --transitions {transitions} --seed {seed} "
-        "--out data/ENV/QUALITY.npz",
+        "# the datasets on this page: per environment, the make-default line under its table; or one file:",
+        "om2p data collect --env ENV --quality QUALITY --transitions N --seed 0 --out data/ENV/QUALITY.npz",
         f"om2p data report --data {data_dir.as_posix()} --out {out.as_posix()}",
         "```",
         "",
