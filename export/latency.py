@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-CANDIDATES = ([512, 512, 512, 512], [256, 256, 256], [256, 256], [128, 128])
+CANDIDATES = ([512, 512, 512, 512], [512, 512], [256, 256, 256], [256, 256], [128, 128])
 
 
 def time_calls(run, obs: np.ndarray, noise: np.ndarray, min_seconds: float = 1.0) -> float:
