@@ -38,7 +38,10 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "om2p-zero": ("du_dt=zero",),
     "om2p-uniform": ("time_sampler=uniform",),
     "om2p-alpha0": ("alpha=0",),
+    # Q supervision at the weight of the BC term: the normalised Q loss is small next to L_MF at 0.03.
+    "om2p-alpha1": ("alpha=1",),
 }
+DEFAULT_ABLATIONS = ["om2p-jvp", "om2p-zero", "om2p-uniform", "om2p-alpha0"]
 INFERENCE_BATCHES = (1, 1024)
 LOG_FILE = "train.log"
 INFO = "checkpoint.json"  # training.checkpoint.INFO_FILE, without importing torch at module load
@@ -48,7 +51,7 @@ FULL_DEFAULTS: dict[str, Any] = {
     "envs": ["cooperative_navigation", "predator_prey"],
     "qualities": list(QUALITIES),
     "algos": ["om2p", "bc", "matd3bc", "omar", "flow", "diffusion"],
-    "ablations": list(ABLATIONS),
+    "ablations": DEFAULT_ABLATIONS,
     "ablation_cells": ["cooperative_navigation:expert", "cooperative_navigation:medium-replay"],
     "seeds": [0, 1, 2],
     "steps": 3000,
