@@ -4,6 +4,7 @@ constant of the size of an `/act` answer (3 agents x 5 actions). Run with `uvico
 from __future__ import annotations
 
 import orjson
+from fastapi import FastAPI, Request, Response
 
 CONSTANT = orjson.dumps({"actions": [[0.0] * 5] * 3, "model": "constant", "version": 1})
 
@@ -20,9 +21,9 @@ async def raw_app(scope: dict, receive, send) -> None:
     await send({"type": "http.response.body", "body": CONSTANT})
 
 
-def _fastapi_app():
-    from fastapi import FastAPI, Request, Response
-
+def _fastapi_app() -> FastAPI:
+    # Module-level imports: with postponed annotations FastAPI resolves `Request` by name in this module's
+    # globals; imported locally it would become a required query parameter and every call a 422.
     app = FastAPI()
 
     @app.post("/act")

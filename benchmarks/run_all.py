@@ -131,6 +131,24 @@ def _peer_markdown(peer: dict, serve: dict) -> list[str]:
     return lines
 
 
+def _one_connection_lines(overhead: dict) -> list[str]:
+    """Latency at one connection: wrk's back-to-back requests (the server's own time) and our generator's
+    low open-loop rate (which also pays the client's wake-ups on an otherwise idle machine)."""
+    lines = []
+    one = overhead.get("wrk_one_connection")
+    if one and one.get("p50_ms") is not None:
+        lines.append(
+            f"- One connection, back to back (wrk `-c1`): `/act` p50 **{one['p50_ms'] * 1e3:.0f} us**, p99 "
+            f"{one['p99_ms'] * 1e3:.0f} us, {one['throughput_rps']:,.0f} req/s (target: p50 at most 300 us); "
+            f"the raw ONNX Runtime call alone takes {overhead['raw_onnxruntime_us']:.0f} us."
+        )
+    lines.append(
+        f"- Our generator at 50 req/s open loop (binary): p50 {overhead['act_p50_low_load_us']:.0f} us, which "
+        "includes the Python client's own scheduling and wake-ups between sparse requests."
+    )
+    return lines
+
+
 def _train_step_markdown(report: dict) -> list[str]:
     """The training-step section, from `benchmarks/results/train_step.json` (its own run, its own ratios)."""
     sizes, summary, configs = report["sizes"], report["summary"], report["configurations"]
@@ -185,10 +203,10 @@ def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict, train_repor
     lines = [
         "# Benchmarks",
         "",
-        f"Measured by `make bench` on {meta['when']} ({meta['machine']}, {meta['cpus']} CPUs). All numbers and "
-        "ratios on this page come from one run: every comparison was measured side by side. Other work shared "
-        f"this machine during the run (load average at start: {meta['load_average']}), so absolute numbers are "
-        "pessimistic; the load generator runs on the same two cores as the server.",
+        f"Measured by `make bench` on {meta['when']} ({meta['machine']}, {meta['cpus']} CPUs; load average at "
+        f"start: {meta['load_average']}). Every ratio compares numbers measured side by side in one run (the "
+        "training-step section names the run it comes from). The load generators run on the same cores as "
+        "the server, so absolute rates are lower than a separate client machine would see.",
         "",
         *(_train_step_markdown(train_report) if train_report else []),
         "## Inference: one-step OM2P vs multi-step samplers",
@@ -211,8 +229,8 @@ def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict, train_repor
         f"Closed loop, {serve['clients']} clients, {serve['duration_s']:g} s per point, our load generator "
         "(raw asyncio HTTP/1.1 keep-alive) unless marked wrk. `om2p serve` defaults (ONNX Runtime CPU).",
         "",
-        "| server | req/s | p50 ms | p99 ms | errors | wrk req/s | wrk p99 ms |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| server | req/s | p50 ms | p99 ms | errors | wrk req/s | wrk p99 ms | wrk non-2xx |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
 
     def row(label: str, summary: dict, wrk: dict | None = None) -> str:
@@ -221,7 +239,7 @@ def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict, train_repor
         return (
             f"| {label} | {_fmt(summary['throughput_rps'])} | {_fmt(latency['p50'], 2)} | "
             f"{_fmt(latency['p99'], 2)} | {summary['errors'] or 'none'} | {_fmt(wrk.get('throughput_rps'))} | "
-            f"{_fmt(wrk.get('p99_ms'), 2)} |"
+            f"{_fmt(wrk.get('p99_ms'), 2)} | {wrk.get('non_2xx', '-') if wrk else '-'} |"
         )
 
     lines.append(row("raw ASGI constant", serve["raw_app"]["ours"], serve["raw_app"]["wrk"]))
@@ -232,13 +250,16 @@ def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict, train_repor
     lines.append(row("/act 2x256 WebSocket (JSON messages)", protocols["websocket"]))
     lines += [
         "",
-        f"- `/act` (binary, 2x256, real inference) reaches **{serve['act_vs_raw_asgi']:.0%}** of the raw ASGI "
-        f"request rate (target: at least 50%) and **{serve['act_vs_fastapi_constant']:.2f}x** the FastAPI "
-        "constant route.",
-        f"- Server overhead at low load (50 req/s open loop, binary): `/act` p50 "
-        f"{serve['overhead']['act_p50_low_load_us']:.0f} us minus the raw ONNX Runtime call "
-        f"{serve['overhead']['raw_onnxruntime_us']:.0f} us = **{serve['overhead']['server_overhead_us']:.0f} us** "
-        "(includes the client's own time on the shared CPU).",
+        f"- `/act` (JSON, 2x256, real inference) reaches **{serve['act_vs_raw_asgi']:.0%}** of the raw ASGI "
+        "request rate with our generator"
+        + (
+            f" and **{serve['act_vs_raw_asgi_wrk']:.0%}** with wrk"
+            if serve.get("act_vs_raw_asgi_wrk") is not None
+            else ""
+        )
+        + f" (same JSON body on both sides; target: at least 50%), and **{serve['act_vs_fastapi_constant']:.2f}x** "
+        "the FastAPI constant route.",
+        *_one_connection_lines(serve["overhead"]),
         "",
         "### Batching on vs off (`--max-batch-rows 1`)",
         "",

@@ -103,7 +103,7 @@ def websocket_closed(url: str, duration_s: float) -> dict:
     return asyncio.run(_websocket_load(url, duration_s, CLIENTS))
 
 
-def wrk(url: str, duration_s: float) -> dict | None:
+def wrk(url: str, duration_s: float, clients: int = CLIENTS) -> dict | None:
     """wrk (Debian's, C, independent of our generator) posting the JSON /act body; None when absent."""
     binary = shutil.which("wrk")
     if binary is None:
@@ -115,7 +115,7 @@ def wrk(url: str, duration_s: float) -> dict | None:
     command = [
         binary,
         "-t1",
-        f"-c{CLIENTS}",
+        f"-c{clients}",
         f"-d{max(1, round(duration_s))}s",
         "--latency",
         "-s",
@@ -124,11 +124,13 @@ def wrk(url: str, duration_s: float) -> dict | None:
     output = subprocess.run([*command, url + "/act"], capture_output=True, text=True, check=False).stdout
     Path(handle.name).unlink(missing_ok=True)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", output)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", output)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     return {
         "throughput_rps": float(rate.group(1)) if rate else None,
+        "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else None,
         "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else None,
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
     }
@@ -196,14 +198,22 @@ def run(work_dir: Path, bundled: Path | None, duration_s: float = 3.0) -> dict:
         elif step == "overhead":
             with om2p_server(models["2x256"]) as url:
                 low = low_load(url, duration_s)
+                # Back-to-back requests on one keep-alive connection: the server's own latency, without
+                # our Python client's wake-ups at a low open-loop rate.
+                one_connection = wrk(url, duration_s, clients=1)
             raw_us = raw_onnx_call_us(models["2x256"])
             results["overhead"] = {
                 "act_p50_low_load_us": low["latency_ms"]["p50"] * 1e3,
                 "raw_onnxruntime_us": raw_us,
                 "server_overhead_us": low["latency_ms"]["p50"] * 1e3 - raw_us,
                 "low_load": low,
+                "wrk_one_connection": one_connection,
             }
-    act = results["protocols"]["binary"]["throughput_rps"]
+    # Same request bytes on both sides: the JSON /act body, from our generator and from wrk.
+    act = results["protocols"]["json"]["throughput_rps"]
     results["act_vs_raw_asgi"] = ratio(act, results["raw_app"]["ours"]["throughput_rps"])
     results["act_vs_fastapi_constant"] = ratio(act, results["fastapi_app"]["ours"]["throughput_rps"])
+    wrk_act, wrk_raw = results["protocols"]["wrk_json"], results["raw_app"]["wrk"]
+    if wrk_act and wrk_raw and wrk_act["throughput_rps"] and wrk_raw["throughput_rps"]:
+        results["act_vs_raw_asgi_wrk"] = ratio(wrk_act["throughput_rps"], wrk_raw["throughput_rps"])
     return results
