@@ -837,9 +837,7 @@ def plot_curves(outcomes: Sequence[dict[str, Any]], settings: Settings) -> dict[
     paths = {}
     for env in settings.envs:
         qualities = settings.qualities_of(env)
-        figure, axes = plt.subplots(
-            1, len(qualities), figsize=(4 * len(qualities), 3.4), sharey=True, squeeze=False
-        )
+        figure, axes = plt.subplots(1, len(qualities), figsize=(4 * len(qualities), 3.4), squeeze=False)
         for axis, quality in zip(axes[0], qualities, strict=True):
             for column in settings.algos:
                 curves = [
