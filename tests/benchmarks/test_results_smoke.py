@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from training.algos import available_algorithms
-from training.data.format import FORMAT_VERSION, OfflineDataset, episode_returns, save_dataset
+from training.data.format import OfflineDataset, dataset_metadata, episode_returns, save_dataset
 from training.envs import env_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,23 +35,9 @@ def synthetic_dataset(quality: str, episodes: int = 4, seed: int = 0) -> Offline
     ends = np.zeros(t, dtype=bool)
     ends[spec.episode_length - 1 :: spec.episode_length] = True
     returns = episode_returns(rewards, ends)
-    metadata = {
-        "format_version": FORMAT_VERSION,
-        "env": ENV,
-        "agents": list(spec.agents),
-        "obs_dim": spec.obs_dim,
-        "act_dim": spec.act_dim,
-        "obs_dims": list(spec.obs_dims),
-        "act_dims": list(spec.act_dims),
-        "action_mask": spec.action_mask.tolist(),
-        "quality": quality,
-        "seed": seed,
-        "transitions": t,
-        "episodes": len(returns),
-        "episode_returns": returns,
-        "reference_returns": {"expert": -40.0, "random": -150.0},
-        "behaviour_checkpoint_sha256": "synthetic",
-    }
+    metadata = dataset_metadata(
+        spec, quality, seed, t, returns, {"expert": -40.0, "random": -150.0}, "synthetic"
+    )
     return OfflineDataset(
         observations=rng.normal(size=(t, n, spec.obs_dim)).astype(np.float32),
         actions=rng.uniform(-1, 1, size=(t, n, spec.act_dim)).astype(np.float32),

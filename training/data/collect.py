@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from training.behaviour.actor import Actor, load_actor, numpy_policy
 from training.behaviour.registry import checkpoint_dir, load_manifest
-from training.data.format import FORMAT_VERSION, QUALITIES, OfflineDataset, episode_returns
+from training.data.format import QUALITIES, OfflineDataset, dataset_metadata, episode_returns
 from training.envs import EnvSpec, VectorEnv, env_spec
 
 EPISODE_SEED_STRIDE = 1_000_003  # keeps the episode seeds of different dataset seeds apart
@@ -147,24 +147,16 @@ def _to_dataset(
     rewards = np.repeat(flat["rew"].astype(np.float32)[:, None], n, axis=1)
     dones = np.repeat(flat["term"].astype(np.float32)[:, None], n, axis=1)
     returns = episode_returns(rewards, flat["end"])
-    metadata = {
-        "format_version": FORMAT_VERSION,
-        "env": spec.name,
-        "agents": list(spec.agents),
-        "obs_dim": spec.obs_dim,
-        "act_dim": spec.act_dim,
-        "obs_dims": list(spec.obs_dims),
-        "act_dims": list(spec.act_dims),
-        "action_mask": spec.action_mask.tolist(),
-        "quality": quality,
-        "seed": seed,
-        "transitions": len(rewards),
-        "episodes": len(returns),
-        "episode_returns": returns,
-        "reference_returns": dict(manifest["reference_returns"]),
-        "behaviour_checkpoint_sha256": sha,
-        "behaviour": {"algo": manifest["algo"], "collection_noise_std": manifest["collection_noise_std"]},
-    }
+    metadata = dataset_metadata(
+        spec,
+        quality,
+        seed,
+        len(rewards),
+        returns,
+        dict(manifest["reference_returns"]),
+        sha,
+        behaviour={"algo": manifest["algo"], "collection_noise_std": manifest["collection_noise_std"]},
+    )
     return OfflineDataset(
         observations=flat["obs"].astype(np.float32),
         actions=flat["act"].astype(np.float32),

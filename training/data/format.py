@@ -11,9 +11,12 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from training.envs.spec import EnvSpec
 
 FORMAT_VERSION = 1
 QUALITIES = ("expert", "medium", "medium-replay", "random")
@@ -45,6 +48,38 @@ class DatasetError(ValueError):
         self.path, self.field = str(path), field_name
         super().__init__(f"{path}: field '{field_name}': {problem}")
 
+
+
+def dataset_metadata(
+    spec: EnvSpec,
+    quality: str,
+    seed: int,
+    transitions: int,
+    returns: list[float],
+    reference_returns: dict[str, float],
+    behaviour_checkpoint_sha256: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A dataset's metadata (every `METADATA_KEYS` entry, then `extra`); dims and masks come from the spec, so
+    they cannot disagree with the environment the file claims."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "env": spec.name,
+        "agents": list(spec.agents),
+        "obs_dim": spec.obs_dim,
+        "act_dim": spec.act_dim,
+        "obs_dims": list(spec.obs_dims),
+        "act_dims": list(spec.act_dims),
+        "action_mask": spec.action_mask.tolist(),
+        "quality": quality,
+        "seed": seed,
+        "transitions": transitions,
+        "episodes": len(returns),
+        "episode_returns": returns,
+        "reference_returns": reference_returns,
+        "behaviour_checkpoint_sha256": behaviour_checkpoint_sha256,
+        **extra,
+    }
 
 @dataclass
 class OfflineDataset:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.format import FORMAT_VERSION, DatasetError, OfflineDataset, episode_returns
+from training.data.format import DatasetError, OfflineDataset, dataset_metadata, episode_returns
 from training.envs import env_spec
 
 OMAR_ENV_NAMES = {
@@ -88,24 +88,9 @@ def import_omar(
     returns = episode_returns(rewards, episode_ends)
     if reference_returns is None:
         reference_returns = {"expert": float(np.mean(returns)) if returns else 0.0, "random": 0.0}
-    metadata = {
-        "format_version": FORMAT_VERSION,
-        "env": env,
-        "agents": list(spec.agents),
-        "obs_dim": spec.obs_dim,
-        "act_dim": spec.act_dim,
-        "obs_dims": list(spec.obs_dims),
-        "act_dims": list(spec.act_dims),
-        "action_mask": spec.action_mask.tolist(),
-        "quality": quality,
-        "seed": seed,
-        "transitions": t,
-        "episodes": len(returns),
-        "episode_returns": returns,
-        "reference_returns": reference_returns,
-        "behaviour_checkpoint_sha256": "",
-        "source": {"layout": "omar", "dir": str(data_dir)},
-    }
+    metadata = dataset_metadata(
+        spec, quality, seed, t, returns, reference_returns, "", source={"layout": "omar", "dir": str(data_dir)}
+    )
     return OfflineDataset(observations, actions, rewards, next_observations, dones, episode_ends, metadata)
 
 

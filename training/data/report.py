@@ -18,7 +18,7 @@ import numpy as np
 
 from training.behaviour.registry import checkpoint_dir, load_manifest
 from training.data.describe import describe, plot_returns
-from training.data.format import QUALITIES, OfflineDataset, load_dataset, save_dataset
+from training.data.format import QUALITIES, OfflineDataset, dataset_metadata, load_dataset, save_dataset
 
 LOAD_TIME_TRANSITIONS = 1_000_000
 
@@ -41,23 +41,9 @@ def measure_load_time(env: str, transitions: int = LOAD_TIME_TRANSITIONS) -> dic
         next_observations=rng.standard_normal((transitions, n, o), dtype=np.float32),
         dones=np.zeros((transitions, n), np.float32),
         episode_ends=ends,
-        metadata={
-            "format_version": 1,
-            "env": env,
-            "agents": list(spec.agents),
-            "obs_dim": o,
-            "act_dim": a,
-            "obs_dims": list(spec.obs_dims),
-            "act_dims": list(spec.act_dims),
-            "action_mask": spec.action_mask.tolist(),
-            "quality": "random",
-            "seed": 0,
-            "transitions": transitions,
-            "episodes": episodes,
-            "episode_returns": [0.0] * episodes,
-            "reference_returns": {"expert": 1.0, "random": 0.0},
-            "behaviour_checkpoint_sha256": "0" * 64,
-        },
+        metadata=dataset_metadata(
+            spec, "random", 0, transitions, [0.0] * episodes, {"expert": 1.0, "random": 0.0}, "0" * 64
+        ),
     )
     with tempfile.TemporaryDirectory(prefix="om2p-load-") as work:
         path = save_dataset(Path(work) / "million.npz", dataset)
