@@ -9,11 +9,15 @@ zeroing of padded action entries. No Python control flow depends on tensor value
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from training.networks import GroupedMLP, agent_major, batch_major
+
+if TYPE_CHECKING:
+    from training.envs.spec import EnvSpec
 
 
 def constant_like(reference: torch.Tensor, value: float) -> torch.Tensor:
@@ -109,6 +113,13 @@ class PolicyModule(nn.Module):
         self.register_buffer("obs_mean", obs_mean.detach().float().clone())
         self.register_buffer("obs_std", obs_std.detach().float().clone())
         self.register_buffer("action_mask", action_mask.detach().float().clone())
+
+    @classmethod
+    def for_spec(
+        cls, sampler: nn.Module, spec: EnvSpec, obs_mean: torch.Tensor, obs_std: torch.Tensor
+    ) -> PolicyModule:
+        """`sampler` behind the environment's action mask (padded action entries are always zero)."""
+        return cls(sampler, obs_mean, obs_std, torch.as_tensor(spec.action_mask, dtype=torch.float32))
 
     @property
     def n_agents(self) -> int:

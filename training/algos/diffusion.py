@@ -89,8 +89,7 @@ class Diffusion(KStepQPolicy):
         cls, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor
     ) -> PolicyModule:
         sampler = DDIMSampler(conditional_network(spec, config), config.diffusion_steps)
-        mask = torch.as_tensor(spec.action_mask, dtype=torch.float32)
-        return PolicyModule(sampler, obs_mean, obs_std, mask)
+        return PolicyModule.for_spec(sampler, spec, obs_mean, obs_std)
 
     def bc_loss(self, obs: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # DDPM denoising loss at a uniformly drawn step k.

@@ -146,8 +146,7 @@ class FlowQL(KStepQPolicy):
         cls, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor
     ) -> PolicyModule:
         sampler = FlowSampler(conditional_network(spec, config), config.flow_steps)
-        mask = torch.as_tensor(spec.action_mask, dtype=torch.float32)
-        return PolicyModule(sampler, obs_mean, obs_std, mask)
+        return PolicyModule.for_spec(sampler, spec, obs_mean, obs_std)
 
     def bc_loss(self, obs: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Flow matching: regress v(z_t, t) onto the straight path's velocity e - x (the mean-flow loss at

@@ -111,8 +111,7 @@ class MATD3BC(Algorithm):
             config.activation,
             share_parameters=config.share_parameters,
         )
-        mask = torch.as_tensor(spec.action_mask, dtype=torch.float32)
-        return PolicyModule(DeterministicSampler(actor), obs_mean, obs_std, mask)
+        return PolicyModule.for_spec(DeterministicSampler(actor), spec, obs_mean, obs_std)
 
     @property
     def actor(self) -> DeterministicActor:

@@ -178,8 +178,7 @@ class OM2P(Algorithm):
             config.activation,
             share_parameters=config.share_parameters,
         )
-        mask = torch.as_tensor(spec.action_mask, dtype=torch.float32)
-        return PolicyModule(MeanFlowSampler(actor, config.sampling_steps), obs_mean, obs_std, mask)
+        return PolicyModule.for_spec(MeanFlowSampler(actor, config.sampling_steps), spec, obs_mean, obs_std)
 
     @property
     def actor(self) -> MeanFlowActor:
