@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import inference, ray_peer, serving, train_step
@@ -290,25 +291,60 @@ def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict, train_repor
     return "\n".join(lines)
 
 
-def _quick() -> int:
-    """Every stage with tiny budgets; writes nothing under the repository (numbers are meaningless)."""
-    with tempfile.TemporaryDirectory(prefix="om2p-bench-quick-") as work:
-        work_dir = Path(work)
-        train_json = work_dir / "train_step.json"
-        train_step.main(["--out", str(train_json), "--hidden", "64,64", "--steps", "1", "--rounds", "1"])
-        rows = inference.run(work_dir / "inference", budget_s=0.02)
-        serve = serving.run(
-            work_dir, BUNDLED if any(BUNDLED.glob("*/manifest.json")) else None, duration_s=1.5
+@dataclass(frozen=True)
+class Budget:
+    """How long each stage measures: the real run, or a smoke run whose numbers mean nothing."""
+
+    train_step_args: tuple[str, ...] = ()
+    inference_s: float = 0.4
+    point_s: float = 3.0
+
+
+QUICK = Budget(
+    train_step_args=("--hidden", "64,64", "--steps", "1", "--rounds", "1"), inference_s=0.02, point_s=1.5
+)
+
+
+def run_bench(budget: Budget, results: Path, images: Path, markdown: Path, reuse_train_step: bool) -> tuple:
+    """Every stage, its raw JSON under `results`, plots under `images`, the page at `markdown`."""
+    results.mkdir(parents=True, exist_ok=True)
+    images.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": ", ".join(f"{v:.1f}" for v in os.getloadavg()),
+    }
+    bundled = BUNDLED if any(BUNDLED.glob("*/manifest.json")) else None
+    train_json = results / "train_step.json"
+    if not (reuse_train_step and train_json.is_file()):
+        train_step.main(["--out", str(train_json), *budget.train_step_args])
+    train_report = json.loads(train_json.read_text()) if train_json.is_file() else None
+    with tempfile.TemporaryDirectory(prefix="om2p-bench-") as work:
+        rows = inference.run(Path(work) / "inference", budget_s=budget.inference_s)
+        serve = serving.run(Path(work), bundled, duration_s=budget.point_s)
+        peer = ray_peer.run(Path(work) / "m256", duration_s=budget.point_s)
+    (results / "inference.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (results / "serving.json").write_text(json.dumps({"meta": meta, **serve, "ray_serve": peer}, indent=2))
+    _plot_inference(rows, images / "bench_inference.png")
+    _plot_serving(serve, images / "bench_serving.png")
+    markdown.write_text(_markdown(meta, rows, serve, peer, train_report))
+    return serve, peer
+
+
+def _print_summary(serve: dict, peer: dict) -> None:
+    print(f"/act vs raw ASGI: {serve['act_vs_raw_asgi']:.0%}")
+    for key, entry in serve.items():
+        if key.startswith("batching_"):
+            print(f"batching on/off {key.removeprefix('batching_')}: {entry['ratio']:.2f}x")
+    if "skipped" in peer:
+        print(peer["skipped"])
+    else:
+        closed = {side: peer[side]["closed"] for side in ("ours", "ray")}
+        print(
+            f"om2p vs Ray Serve ({peer['clients']} clients, JSON): {peer['throughput_ratio']:.1f}x req/s, "
+            f"p99 {closed['ours']['latency_ms']['p99']:.1f} vs {closed['ray']['latency_ms']['p99']:.1f} ms"
         )
-        peer = ray_peer.run(work_dir / "m256", duration_s=1.5)
-        meta = {"when": "quick", "machine": platform.machine(), "cpus": os.cpu_count(), "load_average": "-"}
-        markdown = _markdown(meta, rows, serve, peer, json.loads(train_json.read_text()))
-        _plot_inference(rows, work_dir / "inference.png")
-        _plot_serving(serve, work_dir / "serving.png")
-    print(
-        f"quick bench ok: {len(markdown.splitlines())} lines of markdown; peer: {peer.get('skipped', 'measured')}"
-    )
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,42 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        return _quick()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "load_average": ", ".join(f"{v:.1f}" for v in os.getloadavg()),
-    }
-    bundled = BUNDLED if any(BUNDLED.glob("*/manifest.json")) else None
-    train_json = RESULTS / "train_step.json"
-    if not (args.skip_train_step and train_json.is_file()):
-        train_step.main(["--out", str(train_json)])
-    train_report = json.loads(train_json.read_text()) if train_json.is_file() else None
-    with tempfile.TemporaryDirectory(prefix="om2p-bench-") as work:
-        rows = inference.run(Path(work))
-        serve = serving.run(Path(work), bundled)
-        peer = ray_peer.run(Path(work) / "m256")
-    (RESULTS / "inference.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (RESULTS / "serving.json").write_text(json.dumps({"meta": meta, **serve, "ray_serve": peer}, indent=2))
-    _plot_inference(rows, IMAGES / "bench_inference.png")
-    _plot_serving(serve, IMAGES / "bench_serving.png")
-    (ROOT / "docs" / "benchmarks.md").write_text(_markdown(meta, rows, serve, peer, train_report))
+        with tempfile.TemporaryDirectory(prefix="om2p-bench-quick-") as work:
+            out = Path(work)
+            serve, peer = run_bench(QUICK, out, out, out / "benchmarks.md", reuse_train_step=False)
+        print("quick bench ok (numbers meaningless):")
+        _print_summary(serve, peer)
+        return 0
+    serve, peer = run_bench(Budget(), RESULTS, IMAGES, ROOT / "docs" / "benchmarks.md", args.skip_train_step)
     print(f"wrote {RESULTS}/inference.json, serving.json, docs/benchmarks.md")
-    print(f"/act vs raw ASGI: {serve['act_vs_raw_asgi']:.0%}")
-    for key, entry in serve.items():
-        if key.startswith("batching_"):
-            print(f"batching on/off {key.removeprefix('batching_')}: {entry['ratio']:.2f}x")
-    if "skipped" in peer:
-        print(peer["skipped"])
-    else:
-        closed = {side: peer[side]["closed"] for side in ("ours", "ray")}
-        print(
-            f"om2p vs Ray Serve ({peer['clients']} clients, JSON): {peer['throughput_ratio']:.1f}x req/s, "
-            f"p99 {closed['ours']['latency_ms']['p99']:.1f} vs {closed['ray']['latency_ms']['p99']:.1f} ms"
-        )
+    _print_summary(serve, peer)
     return 0
 
 
