@@ -179,3 +179,20 @@ def test_report_states_what_the_files_hold(tiny_dataset, checkpoint_root, tmp_pa
     assert (tmp_path / "docs" / "img" / f"datasets_{ENV}.png").stat().st_size > 0
     assert "medium-replay" not in summaries[ENV]  # only files that exist are described
     assert f"--transitions {tiny_dataset.transitions} --seed 1" in text  # the command that made this file
+    assert f"om2p data train-behaviour --env {ENV} --steps " in text  # how the behaviour policy was trained
+
+
+def test_behaviour_command_names_the_flags_that_differ():
+    from dataclasses import asdict
+
+    from training.behaviour.matd3 import MATD3Config
+    from training.data.report import behaviour_command
+
+    config = asdict(MATD3Config(env="predator_prey", steps=1000, pursuit_shaping=1.0, action_penalty=1e-3))
+    command = behaviour_command("predator_prey", config)
+    assert "--pursuit-shaping 1 --action-penalty" not in command  # flags keep their declared order
+    assert "--action-penalty 0.001 --pursuit-shaping 1" in command
+    assert "--warmup" not in command and "--steps 1000" in command
+    # A manifest written before a field existed reads as that field's default.
+    del config["pursuit_shaping"]
+    assert "--pursuit-shaping" not in behaviour_command("predator_prey", config)

@@ -33,8 +33,12 @@ class Actor(nn.Module):
         self.register_buffer("action_mask", torch.as_tensor(np.asarray(action_mask), dtype=torch.float32))
         self.hidden = tuple(hidden)
 
+    def preactivations(self, observations: torch.Tensor) -> torch.Tensor:
+        """The outputs before tanh, `[B, N, act]` (what an action penalty regularises)."""
+        return batch_major(self.net(agent_major(observations)))
+
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return batch_major(torch.tanh(self.net(agent_major(observations)))) * self.action_mask
+        return torch.tanh(self.preactivations(observations)) * self.action_mask
 
 
 def build_actor(spec: EnvSpec, hidden: tuple[int, ...]) -> Actor:

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training.behaviour.actor import build_actor, numpy_policy, save_actor
+from training.behaviour.shaping import PursuitShaping
 from training.envs import EnvSpec, VectorEnv, env_spec, evaluate_policy
 from training.networks import GroupedMLP
 
@@ -67,6 +68,11 @@ class MATD3Config:
     eval_interval: int = 5_000
     """transitions between evaluations + checkpoints"""
     eval_episodes: int = 20
+    action_penalty: float = 0.0
+    """weight of the mean squared pre-tanh actor output in the actor loss (MADDPG's 1e-3): keeps the
+    actor out of tanh saturation, where Q's gradient vanishes and the policy freezes at bang-bang"""
+    pursuit_shaping: float = 0.0
+    """weight of a per-step distance cost toward the evaders (predator_prey, world; training only)"""
     threads: int = 1
     """torch threads (the machine is shared)"""
     extra: dict = field(default_factory=dict)
@@ -155,8 +161,12 @@ class MATD3:
         # Delayed actor loss: every agent ascends its first critic with all actions from the current actors.
         self.updates += 1
         if self.updates % c.policy_delay == 0:
-            actions = self.actor(batch["observations"])
+            preactivations = self.actor.preactivations(batch["observations"])
+            actions = torch.tanh(preactivations) * self.actor.action_mask
             actor_loss = -self.q_values(self.critic, batch["observations"], actions)[:n].mean()
+            if c.action_penalty > 0.0:
+                penalty = (preactivations * self.actor.action_mask).square().mean()
+                actor_loss = actor_loss + c.action_penalty * penalty
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_optimizer.step()
@@ -261,6 +271,7 @@ def train(config: MATD3Config, out: Path, resume: bool = False) -> list[dict]:
         )
 
     vector = VectorEnv(config.env, config.n_envs)
+    shaping = PursuitShaping(config.env, config.pursuit_shaping)
     # Fresh episodes after (re)start: a seed per episode, drawn from the run's seed.
     seeds = [config.seed * 10_000_000 + episodes + i for i in range(config.n_envs)]
     episodes += config.n_envs
@@ -287,6 +298,8 @@ def train(config: MATD3Config, out: Path, resume: bool = False) -> list[dict]:
             actions = (np.clip(actions, -1.0, 1.0) * mask).astype(np.float32)
             next_obs, rewards, dones, infos = vector.step(actions)
             terminals = np.array([i["terminated"] for i in infos], np.float32)
+            if shaping.enabled:
+                rewards = rewards + shaping.bonus(vector.envs)
             buffer.add(observations, actions, rewards, next_obs, terminals, dones)
             observations = next_obs
             for index in np.flatnonzero(dones):

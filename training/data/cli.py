@@ -18,7 +18,16 @@ def _train_behaviour(args: argparse.Namespace) -> int:
     if args.env not in ENV_NAMES:
         raise ValueError(f"--env: unknown environment {args.env!r}; choose one of {', '.join(ENV_NAMES)}")
     config = MATD3Config(env=args.env, steps=args.steps, seed=args.seed)
-    for name in ("n_envs", "eval_interval", "warmup", "updates_per_step", "exploration_noise", "threads"):
+    for name in (
+        "n_envs",
+        "eval_interval",
+        "warmup",
+        "updates_per_step",
+        "exploration_noise",
+        "action_penalty",
+        "pursuit_shaping",
+        "threads",
+    ):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     history = train(config, Path(args.out), resume=args.resume)
@@ -156,6 +165,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="exploration_noise",
         type=float,
         help="std of the Gaussian action noise while collecting (sparse rewards need more than 0.1)",
+    )
+    p.add_argument(
+        "--action-penalty",
+        dest="action_penalty",
+        type=float,
+        help="weight of the squared pre-tanh actor output (MADDPG: 1e-3); stops tanh saturation",
+    )
+    p.add_argument(
+        "--pursuit-shaping",
+        dest="pursuit_shaping",
+        type=float,
+        help="weight of a per-step distance cost toward the evaders (predator_prey, world); training only",
     )
     p.add_argument("--threads", type=int)
     p.set_defaults(handler=_train_behaviour)

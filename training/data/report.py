@@ -65,6 +65,33 @@ def _evict_from_page_cache(path: Path) -> None:
         os.close(fd)
 
 
+# The `train-behaviour` flags a shipped run's config may differ in from the MATD3Config defaults.
+_BEHAVIOUR_FLAGS = (
+    "n_envs",
+    "warmup",
+    "updates_per_step",
+    "exploration_noise",
+    "action_penalty",
+    "pursuit_shaping",
+)
+
+
+def behaviour_command(env: str, config: dict[str, Any]) -> str:
+    """The `om2p data train-behaviour` line that reproduces a shipped run (its non-default flags only)."""
+    from training.behaviour.matd3 import MATD3Config
+
+    defaults = MATD3Config()
+    parts = [
+        f"om2p data train-behaviour --env {env} --steps {config['steps']} --seed {config['seed']}",
+        f"--eval-interval {config['eval_interval']}",
+    ]
+    for name in _BEHAVIOUR_FLAGS:
+        value = config.get(name, getattr(defaults, name))
+        if value != getattr(defaults, name):
+            parts.append(f"--{name.replace('_', '-')} {value:g}")
+    return " ".join([*parts, f"--out runs/behaviour/{env}"])
+
+
 def _behaviour_section(env: str, checkpoints_root: Path | None) -> list[str]:
     manifest = load_manifest(env, checkpoints_root)
     root = checkpoint_dir(env, checkpoints_root)
@@ -77,8 +104,21 @@ def _behaviour_section(env: str, checkpoints_root: Path | None) -> list[str]:
         f"collection noise std {manifest['collection_noise_std']}. "
         f"Shipped in `training/behaviour/checkpoints/{env}/` ({size_kb:.0f} kB, "
         f"{len(manifest['medium_replay']['actors'])} replay actors up to step "
-        f"{manifest['medium_replay']['until_step']:,}).",
+        f"{manifest['medium_replay']['until_step']:,}). Trained with:",
         "",
+        "```bash",
+        behaviour_command(env, config),
+        "```",
+        "",
+    ]
+    if config.get("pursuit_shaping", 0.0) > 0.0:
+        lines += [
+            f"The learner's training reward also charged {config['pursuit_shaping']:g} x the mean distance to "
+            "the nearest evader per step (training/behaviour/shaping.py); every return and dataset below is "
+            "the environment's own reward.",
+            "",
+        ]
+    lines += [
         f"| checkpoint | run step | mean return ({manifest['evaluation_episodes']} episodes, with noise) | std |",
         "|---|---:|---:|---:|",
     ]
@@ -181,7 +221,7 @@ def write_report(
         "",
         "```bash",
         "# behaviour policies (already shipped; retraining is optional)",
-        "om2p data train-behaviour --env ENV --steps STEPS --seed 0 --eval-interval 10000 --out runs/behaviour/ENV  # STEPS: per environment below",
+        "om2p data train-behaviour --env ENV ... --out runs/behaviour/ENV  # the flags: per environment below",
         "om2p data ship-behaviour --env ENV --run runs/behaviour/ENV",
         "# the datasets on this page: per environment, the make-default line under its table; or one file:",
         "om2p data collect --env ENV --quality QUALITY --transitions N --seed 0 --out data/ENV/QUALITY.npz",
