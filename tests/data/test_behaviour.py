@@ -41,3 +41,14 @@ def test_shipped_manifest_orders_the_qualities(checkpoint_root):
     assert qualities["medium"]["step"] <= qualities["expert"]["step"]
     assert manifest["reference_returns"]["expert"] == qualities["expert"]["mean_return"]
     assert manifest["medium_replay"]["actors"][0]["step"] == 0
+
+
+def test_ship_can_pick_on_fresh_evaluations(tiny_run, tmp_path):
+    from training.behaviour.registry import ship_behaviour
+
+    manifest = ship_behaviour(tiny_run, ENV, tmp_path, replay_every=1, eval_episodes=2, selection_episodes=3)
+    run_history = {h["step"]: h["mean_return"] for h in json.loads((tiny_run / "evaluations.json").read_text())}
+    expert = manifest["qualities"]["expert"]
+    assert manifest["selection_episodes"] == 3
+    assert expert["training_eval_return"] == run_history[expert["step"]]
+    assert np.isfinite(expert["selection_return"])

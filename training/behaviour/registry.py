@@ -44,14 +44,22 @@ def ship_behaviour(
     replay_every: int = 2,
     eval_episodes: int = 100,
     noise_std: float = 0.1,
+    selection_episodes: int = 0,
 ) -> dict[str, Any]:
-    """Pick random/medium/expert from a MATD3 run, copy them (and the replay actors), measure their returns."""
+    """Pick random/medium/expert from a MATD3 run, copy them (and the replay actors), measure their returns.
+
+    The picks read the run's own evaluations (20 episodes each by default). Sparse rewards make those noisy
+    enough that the best one is often a lucky actor; `selection_episodes` > 0 re-evaluates every checkpoint
+    with that many episodes (seeds apart from the reference evaluation's) and picks on those instead.
+    """
     from training.behaviour.actor import file_sha256, load_actor, numpy_policy
     from training.envs import env_spec, evaluate_policy
 
     spec = env_spec(env)
     history = json.loads((run_dir / "evaluations.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
+    if selection_episodes > 0:
+        history = _reevaluate(run_dir, env, history, selection_episodes, noise_std)
     by_step = {h["step"]: h for h in history}
     random_entry = by_step[0]
     # Expert: the best evaluated actor (MATD3's last one can sit in a dip; the paper calls it "fully trained").
@@ -74,7 +82,8 @@ def ship_behaviour(
         result = evaluate_policy(env, numpy_policy(actor, noise_std, seed=1), seeds, n_envs=25)
         entries[quality] = {
             "step": entry["step"],
-            "training_eval_return": entry["mean_return"],
+            "training_eval_return": entry.get("run_eval_return", entry["mean_return"]),
+            **({"selection_return": entry["mean_return"]} if selection_episodes > 0 else {}),
             "mean_return": result.mean_return,
             "std_return": float(np.std(result.returns)),
             "sha256": file_sha256(target / quality / "actor.safetensors"),
@@ -90,6 +99,7 @@ def ship_behaviour(
         "env": env,
         "algo": "matd3",
         "run_config": config,
+        "selection_episodes": selection_episodes,
         "collection_noise_std": noise_std,
         "evaluation_episodes": eval_episodes,
         "qualities": entries,
@@ -106,3 +116,25 @@ def ship_behaviour(
     }
     (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+SELECTION_SEED_BASE = 3_000_000  # apart from training (run seed), run evaluations (1e6) and references (2e6)
+
+
+def _reevaluate(
+    run_dir: Path, env: str, history: list[dict[str, Any]], episodes: int, noise_std: float
+) -> list[dict[str, Any]]:
+    """`history` with each entry's mean return replaced by a fresh `episodes`-episode evaluation."""
+    from tqdm import tqdm
+
+    from training.behaviour.actor import load_actor, numpy_policy
+    from training.envs import env_spec, evaluate_policy
+
+    spec = env_spec(env)
+    seeds = [SELECTION_SEED_BASE + i for i in range(episodes)]
+    fresh = []
+    for entry in tqdm(history, desc=f"re-evaluating {env} checkpoints", unit="checkpoint"):
+        actor, _ = load_actor(run_dir / "checkpoints" / f"step_{entry['step']:08d}", spec)
+        result = evaluate_policy(env, numpy_policy(actor, noise_std, seed=1), seeds, n_envs=25)
+        fresh.append({**entry, "run_eval_return": entry["mean_return"], "mean_return": result.mean_return})
+    return fresh

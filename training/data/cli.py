@@ -42,7 +42,11 @@ def _ship_behaviour(args: argparse.Namespace) -> int:
     from training.behaviour.registry import ship_behaviour
 
     manifest = ship_behaviour(
-        Path(args.run), args.env, Path(args.root) if args.root else None, eval_episodes=args.episodes
+        Path(args.run),
+        args.env,
+        Path(args.root) if args.root else None,
+        eval_episodes=args.episodes,
+        selection_episodes=args.selection_episodes,
     )
     for quality, entry in manifest["qualities"].items():
         print(
@@ -188,6 +192,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run directory of train-behaviour")
     p.add_argument("--root", help="checkpoint root (default training/behaviour/checkpoints)")
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes for the reference returns")
+    p.add_argument(
+        "--selection-episodes",
+        dest="selection_episodes",
+        type=int,
+        default=0,
+        help="re-evaluate every checkpoint with this many episodes and pick on those (sparse rewards)",
+    )
     p.set_defaults(handler=_ship_behaviour)
 
     p = sub.add_parser("collect", help="record one dataset from the shipped behaviour checkpoints")

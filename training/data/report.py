@@ -111,6 +111,13 @@ def _behaviour_section(env: str, checkpoints_root: Path | None) -> list[str]:
         "```",
         "",
     ]
+    if manifest.get("selection_episodes", 0) > 0:
+        lines += [
+            f"Medium and expert were picked on fresh {manifest['selection_episodes']}-episode evaluations "
+            f"of every checkpoint (`om2p data ship-behaviour --selection-episodes "
+            f"{manifest['selection_episodes']}`), not on the run's noisier 20-episode ones.",
+            "",
+        ]
     if config.get("pursuit_shaping", 0.0) > 0.0:
         lines += [
             f"The learner's training reward also charged {config['pursuit_shaping']:g} x the mean distance to "
