@@ -32,6 +32,8 @@ def test_resume_continues_the_run(tmp_path):
     assert [h["step"] for h in history] == [0, 100, 200, 300]
     progress = json.loads((tmp_path / "run" / "state" / "progress.json").read_text())
     assert progress["step"] == 300 and progress["updates"] > 0
+    # The extended run's config says so (shipping and the dataset report read it).
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 300
 
 
 def test_shipped_manifest_orders_the_qualities(checkpoint_root):

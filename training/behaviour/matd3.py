@@ -257,13 +257,14 @@ def train(config: MATD3Config, out: Path, resume: bool = False) -> list[dict]:
     history: list[dict] = []
     step, episodes, update_debt = 0, 0, 0.0
     state_dir = out / "state"
+    # Written on every start: a resumed run may have been extended (`--steps`), and shipping reads it.
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
     if resume and (state_dir / "progress.json").is_file():
         progress = load_state(state_dir, agent, buffer)
         step, episodes, update_debt = progress["step"], progress["episodes"], progress["update_debt"]
         rng.bit_generator.state = progress["rng"]
         history = json.loads((out / "evaluations.json").read_text())
     else:
-        (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
         mean, std = evaluate(agent, config)
         history.append({"step": 0, "mean_return": mean, "std_return": std})
         save_actor(
