@@ -33,7 +33,8 @@ def test_resume_continues_the_run(tmp_path):
     progress = json.loads((tmp_path / "run" / "state" / "progress.json").read_text())
     assert progress["step"] == 300 and progress["updates"] > 0
     # The extended run's config says so (shipping and the dataset report read it).
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 300
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["steps"] == 300 and saved["extra"]["resumed_at"] == [200]
 
 
 def test_shipped_manifest_orders_the_qualities(checkpoint_root):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -257,14 +257,18 @@ def train(config: MATD3Config, out: Path, resume: bool = False) -> list[dict]:
     history: list[dict] = []
     step, episodes, update_debt = 0, 0, 0.0
     state_dir = out / "state"
-    # Written on every start: a resumed run may have been extended (`--steps`), and shipping reads it.
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
     if resume and (state_dir / "progress.json").is_file():
         progress = load_state(state_dir, agent, buffer)
         step, episodes, update_debt = progress["step"], progress["episodes"], progress["update_debt"]
         rng.bit_generator.state = progress["rng"]
         history = json.loads((out / "evaluations.json").read_text())
-    else:
+        # A restart begins fresh episodes, so the run differs from an uninterrupted one: say where.
+        previous = json.loads((out / "config.json").read_text()).get("extra", {})
+        extra = {**previous, **config.extra, "resumed_at": [*previous.get("resumed_at", []), step]}
+        config = replace(config, extra=extra)
+    # Written on every start: a resumed run may have been extended (`--steps`), and shipping reads it.
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    if not history:
         mean, std = evaluate(agent, config)
         history.append({"step": 0, "mean_return": mean, "std_return": std})
         save_actor(

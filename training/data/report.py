@@ -111,6 +111,14 @@ def _behaviour_section(env: str, checkpoints_root: Path | None) -> list[str]:
         "```",
         "",
     ]
+    resumed_at = config.get("extra", {}).get("resumed_at", [])
+    if resumed_at:
+        steps = ", ".join(f"{step:,}" for step in resumed_at)
+        lines += [
+            f"The run was stopped and continued with `--resume` (and a larger `--steps`) at step {steps}; a "
+            "restart begins fresh episodes, so an uninterrupted run differs in its details.",
+            "",
+        ]
     if manifest.get("selection_episodes", 0) > 0:
         lines += [
             f"Medium and expert were picked on fresh {manifest['selection_episodes']}-episode evaluations "
