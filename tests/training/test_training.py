@@ -71,6 +71,8 @@ def test_other_estimators_and_options_train(spec, make_config, make_batch, estim
     info = {k: float(v) for k, v in algorithm.update(make_batch(spec, 32)).items()}
     assert all(np.isfinite(list(info.values())))
     assert (info["du_dt/abs_mean"] == 0.0) == (estimator == "zero")
+    # The raw Q of the actor's actions is logged beside the normalised loss, which is +-1 when signs agree.
+    assert abs(info["loss/q"]) <= 1.0 + 1e-6 and info["q/policy"] != 0.0
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path, make_config, make_dataset):

@@ -275,6 +275,8 @@ class OM2P(Algorithm):
             loss_q = normalised_q_loss(q_policy)
             loss_actor = loss_mf + config.alpha * loss_q
             info["loss/q"] = loss_q.detach()
+            # loss/q is -1 or 1 whenever every Q shares a sign; the raw value shows the actor's progress.
+            info["q/policy"] = q_policy.detach().mean()
         optimizers["actor"].zero_grad(set_to_none=True)
         loss_actor.backward()
         optimizers["actor"].step()
