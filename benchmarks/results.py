@@ -22,7 +22,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +58,7 @@ FULL_DEFAULTS: dict[str, Any] = {
     "eval_every": 500,
     "eval_episodes": 50,
     "set": [],
+    "cell_set": [],
     "data": "data",
     "runs": "runs/results",
     "out": "docs/results.md",
@@ -152,6 +153,8 @@ class Settings:
     """(env, quality) pairs of the main table: every env x quality, or `--cells`"""
     notes: Path | None = None
     """markdown appended as the report's Notes section (`--notes`)"""
+    cell_overrides: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """(env, quality) -> `--set` overrides for every algorithm of that cell (`--cell-set`)"""
 
     def qualities_of(self, env: str) -> list[str]:
         return [quality for cell_env, quality in self.cells if cell_env == env]
@@ -163,8 +166,10 @@ class Settings:
         return self.data / env / f"{quality}.npz"
 
     def run_overrides(self, run: Run) -> list[str]:
-        # One thread per run: `--jobs` processes share the cores. Ablation overrides come last and win.
-        return ["num_threads=1", *self.overrides, *run.overrides]
+        # One thread per run: `--jobs` processes share the cores. A cell's own overrides beat the grid's;
+        # ablation overrides come last and win (om2p-alpha0 stays alpha 0 in a cell that sets alpha).
+        cell = self.cell_overrides.get((run.env, run.quality), [])
+        return ["num_threads=1", *self.overrides, *cell, *run.overrides]
 
     @property
     def images(self) -> Path:
@@ -204,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)"
     )
+    parser.add_argument(
+        "--cell-set",
+        action="append",
+        metavar="ENV:QUALITY:KEY=VALUE",
+        help="config override for every algorithm of one cell, after --set (repeatable), e.g. a per-dataset "
+        "Q weight as the OM2P reference tunes it: cooperative_navigation:expert:alpha=3",
+    )
     parser.add_argument("--data", help="dataset root: DATA/<env>/<quality>.npz (default data)")
     parser.add_argument("--runs", help="run root (default runs/results)")
     parser.add_argument("--out", help="markdown report (default docs/results.md; images go to its img/)")
@@ -227,6 +239,14 @@ def parse_cell(text: str, option: str = "--ablation-cells") -> tuple[str, str]:
     if not sep or quality not in QUALITIES:
         raise ResultsError(f"{option} {text!r}: expected ENV:QUALITY with a quality in {QUALITIES}")
     return env, quality
+
+
+def parse_cell_override(text: str) -> tuple[tuple[str, str], str]:
+    parts = text.split(":", 2)
+    if len(parts) != 3 or "=" not in parts[2]:
+        raise ResultsError(f"--cell-set {text!r}: expected ENV:QUALITY:KEY=VALUE")
+    env, quality, override = parts
+    return parse_cell(f"{env}:{quality}", "--cell-set"), override
 
 
 def resolve_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
@@ -268,6 +288,9 @@ def resolve_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         cells=cells,
         notes=Path(args.notes) if args.notes else None,
     )
+    for text in [*defaults["cell_set"], *(args.cell_set or [])]:
+        cell, override = parse_cell_override(text)
+        settings.cell_overrides.setdefault(cell, []).append(override)
     validate(settings)
     if settings.notes is not None and not settings.notes.is_file():
         raise ResultsError(f"--notes {settings.notes}: no such file")
@@ -291,6 +314,11 @@ def validate(settings: Settings) -> None:
     envs = {*settings.envs, *(env for env, _ in settings.ablation_cells)}
     if bad := sorted(envs - set(ENV_NAMES)):
         raise ResultsError(f"unknown environments: {', '.join(bad)}; choose from {', '.join(ENV_NAMES)}")
+    grid_cells = {*settings.cells, *settings.ablation_cells}
+    if stray := [
+        f"{env}:{quality}" for env, quality in settings.cell_overrides if (env, quality) not in grid_cells
+    ]:
+        raise ResultsError(f"--cell-set names cells outside this grid: {', '.join(stray)}")
     if settings.steps < 1 or settings.eval_episodes < 1 or not settings.seeds:
         raise ResultsError("--steps and --eval-episodes must be positive and --seeds non-empty")
 
@@ -716,6 +744,21 @@ def command_template(settings: Settings) -> str:
     return text
 
 
+def cell_override_lines(settings: Settings) -> list[str]:
+    """The per-cell overrides (`--cell-set`), which the command template above does not show."""
+    if not settings.cell_overrides:
+        return []
+    return [
+        "Per-dataset settings, given to every algorithm of the cell (after the `--set`s above):",
+        "",
+        *(
+            f"- {env} / {quality}: " + ", ".join(f"`{o}`" for o in overrides)
+            for (env, quality), overrides in settings.cell_overrides.items()
+        ),
+        "",
+    ]
+
+
 def inference_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["No finished checkpoints to time."]
@@ -767,6 +810,7 @@ def render_markdown(
         command_template(settings),
         "```",
         "",
+        *cell_override_lines(settings),
         f"A cell is the normalised score `100 (S - S_random) / (S_expert - S_random)` of the deterministic "
         f"policy (e = 0) at step {settings.steps}, {settings.eval_episodes} evaluation episodes with fixed "
         f"seeds, as `mean ± std` over seeds (population std; `n=` marks cells with fewer finished seeds). "
@@ -897,6 +941,7 @@ def summarise(runs: Sequence[Run], settings: Settings, report: dict[str, list[Ru
             "eval_every": settings.eval_every,
             "eval_episodes": settings.eval_episodes,
             "overrides": settings.overrides,
+            "cell_overrides": {f"{e}:{q}": o for (e, q), o in settings.cell_overrides.items()},
             "ablations": {name: list(ABLATIONS[name]) for name in settings.ablations},
         },
         "this_invocation": {key: len(value) for key, value in report.items()},
