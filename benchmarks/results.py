@@ -58,7 +58,6 @@ FULL_DEFAULTS: dict[str, Any] = {
     "eval_every": 500,
     "eval_episodes": 50,
     "set": [],
-    "cell_set": [],
     "data": "data",
     "runs": "runs/results",
     "out": "docs/results.md",
@@ -265,6 +264,10 @@ def resolve_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
     else:
         envs, qualities = pick("envs"), pick("qualities")
         cells = [(env, quality) for env in envs for quality in qualities]
+    cell_overrides: dict[tuple[str, str], list[str]] = {}
+    for text in args.cell_set or []:
+        cell, override = parse_cell_override(text)
+        cell_overrides.setdefault(cell, []).append(override)
     settings = Settings(
         envs=envs,
         qualities=qualities,
@@ -287,10 +290,8 @@ def resolve_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         invocation=shlex.join(["python", "-m", "benchmarks.results", *argv]),
         cells=cells,
         notes=Path(args.notes) if args.notes else None,
+        cell_overrides=cell_overrides,
     )
-    for text in [*defaults["cell_set"], *(args.cell_set or [])]:
-        cell, override = parse_cell_override(text)
-        settings.cell_overrides.setdefault(cell, []).append(override)
     validate(settings)
     if settings.notes is not None and not settings.notes.is_file():
         raise ResultsError(f"--notes {settings.notes}: no such file")

@@ -136,8 +136,8 @@ def test_cells_choose_the_main_table_and_notes_are_kept(smoke, results, tmp_path
     assert results.main(["--smoke", str(smoke), "--cells", "nowhere"]) == 2
 
 
-def test_cell_set_reaches_every_algorithm_of_its_cell_only(results, capsys):
-    args = ["--smoke", "/tmp/unused", "--cell-set", f"{ENV}:expert:alpha=3", "--set", "alpha=10"]
+def test_cell_set_reaches_every_algorithm_of_its_cell_only(results, capsys, tmp_path):
+    args = ["--smoke", str(tmp_path), "--cell-set", f"{ENV}:expert:alpha=3", "--set", "alpha=10"]
     settings = results.resolve_settings(results.build_parser().parse_args(args), args)
     expert, random = (results.Run(ENV, q, "om2p", 0) for q in QUALITIES)
     assert results.requested_config(expert, settings).alpha == 3.0  # the cell's value beats the grid's
@@ -145,7 +145,7 @@ def test_cell_set_reaches_every_algorithm_of_its_cell_only(results, capsys):
     ablated = results.Run(ENV, "expert", "om2p-alpha0", 0)
     assert results.requested_config(ablated, settings).alpha == 0.0  # an ablation still wins
     assert "- cooperative_navigation / expert: `alpha=3`" in "\n".join(results.cell_override_lines(settings))
-    assert results.main(["--smoke", "/tmp/unused", "--cell-set", f"{ENV}:medium:alpha=3"]) == 2
+    assert results.main(["--smoke", str(tmp_path), "--cell-set", f"{ENV}:medium:alpha=3"]) == 2
     assert "outside this grid: cooperative_navigation:medium" in capsys.readouterr().err
-    assert results.main(["--smoke", "/tmp/unused", "--cell-set", f"{ENV}:expert"]) == 2
+    assert results.main(["--smoke", str(tmp_path), "--cell-set", f"{ENV}:expert"]) == 2
     assert "expected ENV:QUALITY:KEY=VALUE" in capsys.readouterr().err
