@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -20,8 +21,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -473,18 +475,55 @@ def train_command(run: Run, settings: Settings, resume: bool) -> list[str]:
     return [*command, "--resume"] if resume else command
 
 
-def train_one(run: Run, settings: Settings, state: str) -> int:
-    """One `om2p train` subprocess, its output appended to the run's train.log; returns the exit code."""
+RunOutcome = Literal["trained", "resumed", "skipped", "busy", "failed"]
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[bool]:
+    """An exclusive, non-blocking lock on one run (a file beside its directory, so that removing a stale
+    run directory keeps the lock); yields whether this process holds it. Two grids sharing a --runs
+    directory then never train, or delete, the same run at once. The kernel drops it if the process dies."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def train_one(run: Run, settings: Settings) -> RunOutcome:
+    """One `om2p train` subprocess under the run's lock, its output appended to the run's train.log.
+
+    The state is read again under the lock: another grid may have finished or started the run since
+    this one planned it."""
     run_dir = settings.run_dir(run)
-    if state == "new" and run_dir.exists():
-        shutil.rmtree(run_dir)  # a start that never reached a checkpoint: its logs would be appended to
-    run_dir.mkdir(parents=True, exist_ok=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = train_command(run, settings, resume=state == "partial")
-    with open(run_dir / LOG_FILE, "a") as log:
-        log.write(f"$ {shlex.join(command)}\n")
-        log.flush()
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
+    with run_lock(run_dir) as held:
+        if not held:
+            return "busy"
+        state = run_state(run_dir, settings.steps)
+        if state == "done":
+            return "skipped"
+        if state == "partial":
+            try:
+                check_recorded_config(run, settings, state)
+            except ResultsError as error:
+                with open(run_dir / LOG_FILE, "a") as log:
+                    log.write(f"benchmarks.results: {error}\n")
+                return "failed"
+        if state == "new" and run_dir.exists():
+            shutil.rmtree(run_dir)  # a start that never reached a checkpoint: its logs would be appended to
+        run_dir.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        command = train_command(run, settings, resume=state == "partial")
+        with open(run_dir / LOG_FILE, "a") as log:
+            log.write(f"$ {shlex.join(command)}\n")
+            log.flush()
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
+    if code != 0:
+        return "failed"
+    return "resumed" if state == "partial" else "trained"
 
 
 def log_tail(run_dir: Path, lines: int = 3) -> str:
@@ -505,20 +544,24 @@ def run_grid(runs: Sequence[Run], settings: Settings) -> dict[str, list[Run]]:
         "skipped": [r for r in runs if states[r] == "done"],
         "trained": [],
         "resumed": [],
+        "busy": [],
         "failed": [],
     }
     bar = tqdm(total=len(runs), initial=len(report["skipped"]), unit="run", desc="results grid")
     with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
-        futures = {pool.submit(train_one, run, settings, states[run]): run for run in todo}
+        futures = {pool.submit(train_one, run, settings): run for run in todo}
         try:
             for future in as_completed(futures):
                 run = futures[future]
-                if future.result() == 0:
-                    report["resumed" if states[run] == "partial" else "trained"].append(run)
-                else:
-                    report["failed"].append(run)
+                outcome = future.result()
+                report[outcome].append(run)
+                if outcome == "failed":
                     bar.write(
                         f"FAILED {settings.run_dir(run)}: {log_tail(settings.run_dir(run))}", file=sys.stderr
+                    )
+                elif outcome == "busy":
+                    bar.write(
+                        f"busy {settings.run_dir(run)}: another process is training it", file=sys.stderr
                     )
                 bar.update(1)
         except KeyboardInterrupt:
@@ -971,7 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = plan_runs(settings)
         check_configs(runs, settings)
         if args.report_only:
-            report: dict[str, list[Run]] = {"skipped": [], "trained": [], "resumed": [], "failed": []}
+            report = {"skipped": [], "trained": [], "resumed": [], "busy": [], "failed": []}
         else:
             ensure_datasets(needed_datasets(runs), settings)
             report = run_grid(runs, settings)

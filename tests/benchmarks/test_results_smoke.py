@@ -74,7 +74,7 @@ def final_checkpoints(work: Path) -> dict[Path, float]:
 
 def test_smoke_writes_the_tables_the_json_and_the_curves(smoke):
     data = json.loads((smoke / "results.json").read_text())
-    assert data["this_invocation"] == {"skipped": 0, "trained": 4, "resumed": 0, "failed": 0}
+    assert data["this_invocation"] == {"skipped": 0, "trained": 4, "resumed": 0, "busy": 0, "failed": 0}
     for quality in QUALITIES:
         for column in ("om2p", SECOND):
             cell = data["scores"][ENV][quality][column]
@@ -93,7 +93,7 @@ def test_smoke_writes_the_tables_the_json_and_the_curves(smoke):
 def test_second_invocation_trains_nothing(smoke, results, capsys):
     before = final_checkpoints(smoke)
     assert results.main(["--smoke", str(smoke)]) == 0  # in-process: nothing to train, no startup to pay
-    assert "4 skipped, 0 trained, 0 resumed, 0 failed" in capsys.readouterr().out
+    assert "4 skipped, 0 trained, 0 resumed, 0 busy, 0 failed" in capsys.readouterr().out
     assert json.loads((smoke / "results.json").read_text())["this_invocation"]["skipped"] == 4
     assert final_checkpoints(smoke) == before
 
@@ -108,6 +108,19 @@ def test_unfinished_run_is_resumed(smoke, results, tmp_path):
     assert results.run_state(tmp_path / "never-started", steps=4) == "new"
     with pytest.raises(results.ResultsError, match="beyond the budget"):
         results.run_state(run_dir, steps=1)
+
+
+def test_a_run_another_grid_holds_is_left_alone(smoke, results, capsys):
+    held = smoke / "runs" / ENV / "expert" / "om2p" / "seed_1"
+    held.mkdir(parents=True)
+    (held / "train.log").write_text("another grid is training this run\n")
+    argv = ["--smoke", str(smoke), "--cells", f"{ENV}:expert", "--algos", "om2p", "--seeds", "0", "1"]
+    with results.run_lock(held) as mine:
+        assert mine
+        assert results.main(argv) == 0
+    assert "1 skipped, 0 trained, 0 resumed, 1 busy, 0 failed" in capsys.readouterr().out
+    assert (held / "train.log").read_text() == "another grid is training this run\n"  # not removed, not run
+    shutil.rmtree(held)
 
 
 def test_finished_run_with_another_config_is_refused(smoke, results, capsys):
