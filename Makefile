@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.stamp-setup
 ENV    ?= cooperative_navigation
 CKPT   ?=
 MODEL  ?=
+JOBS   ?= 2
+ARGS   ?=
 
 .PHONY: setup demo test lint data train export serve bench results up down clean help
 
@@ -51,7 +53,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.run_all
 
 results: setup
-	$(BIN)/python -m benchmarks.results
+	$(BIN)/python -m benchmarks.results --jobs $(JOBS) $(ARGS)
 
 up:
 	docker compose -f docker/compose.yaml up -d --build

@@ -162,3 +162,23 @@ def test_cell_set_reaches_every_algorithm_of_its_cell_only(results, capsys, tmp_
     assert "outside this grid: cooperative_navigation:medium" in capsys.readouterr().err
     assert results.main(["--smoke", str(tmp_path), "--cell-set", f"{ENV}:expert"]) == 2
     assert "expected ENV:QUALITY:KEY=VALUE" in capsys.readouterr().err
+
+
+def test_the_default_grid_is_the_published_one(results):
+    def settings_for(*args: str):
+        return results.resolve_settings(results.build_parser().parse_args(list(args)), list(args))
+
+    published = settings_for()
+    assert published.notes is not None and published.notes.name == "results_notes.md"
+    assert published.cell_overrides[("predator_prey", "expert")] == ["alpha=3"]
+    run = results.Run("cooperative_navigation", "medium", "om2p", 0)
+    assert results.requested_config(run, published).alpha == 10.0  # the grid's --set, no cell setting
+    # A narrower grid keeps the default settings of its own cells and drops the others without complaint.
+    narrow = settings_for("--cells", f"{ENV}:expert", f"{ENV}:medium", "--no-ablations")
+    assert narrow.cell_overrides == {(ENV, "expert"): ["alpha=3"]}
+    # An explicit --cell-set replaces the cell's default settings; --set adds to the grid's.
+    mine = settings_for(
+        "--cells", f"{ENV}:expert", "--cell-set", f"{ENV}:expert:alpha=1", "--set", "tau=0.01"
+    )
+    assert mine.cell_overrides == {(ENV, "expert"): ["alpha=1"]}
+    assert mine.overrides[-1] == "tau=0.01" and "actor_hidden=[128,128]" in mine.overrides
