@@ -862,6 +862,20 @@ def inference_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def cost_rows(env: str, inference: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+    """Two rows under an environment's score table: what one action costs each column's checkpoint, so that
+    score and cost are read side by side (the inference section below has the details)."""
+    timed = {row["algo"]: row for row in inference if row["env"] == env}
+    if not timed:
+        return []
+    evaluations = [str(timed[c]["network_evaluations_per_action"]) if c in timed else "—" for c in columns]
+    ms = [f"{timed[c]['ms'][1]:.2f} / {timed[c]['ms'][1024]:.1f}" if c in timed else "—" for c in columns]
+    return [
+        "| *network evaluations per action* | " + " | ".join(evaluations) + " | |",
+        "| *ms per batch of 1 / 1024 (CPU)* | " + " | ".join(ms) + " | |",
+    ]
+
+
 def render_markdown(
     settings: Settings,
     meta: dict[str, Any],
@@ -909,6 +923,7 @@ def render_markdown(
         ]
     for env, rows in table.items():
         lines += ["", f"## {env}", "", *markdown_table(rows, settings.algos, "quality", seeds)]
+        lines += cost_rows(env, inference, settings.algos)
         if env in images:
             image = os.path.relpath(images[env], settings.out.parent)
             lines += ["", f"![learning curves, {env}]({image})"]

@@ -83,6 +83,7 @@ def test_smoke_writes_the_tables_the_json_and_the_curves(smoke):
     assert all(set(r["ms"]) == {"1", "1024"} for r in data["inference"])
     markdown = (smoke / "results.md").read_text()
     assert f"| quality | om2p | {SECOND} | best |" in markdown
+    assert "| *network evaluations per action* | 1 | " in markdown  # the cost, in the score table
     for quality in QUALITIES:
         assert f"| {quality} | " in markdown
     assert "python -m benchmarks.results --smoke" in markdown and "om2p.cli train" in markdown
