@@ -695,9 +695,19 @@ def not_best_cells(table: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str
                         "best": best,
                         "best_cell": row[best],
                         "om2p": row[BASE_ALGO],
+                        "gap": row[best]["mean"] - row[BASE_ALGO]["mean"],
+                        "gap_se": gap_standard_error(row[best]["scores"], row[BASE_ALGO]["scores"]),
                     }
                 )
     return flags
+
+
+def gap_standard_error(first: Sequence[float], second: Sequence[float]) -> float | None:
+    """Standard error of the difference of two means over independent seeds (sample variances, Welch);
+    each seed's score carries its evaluation noise too. None with fewer than two seeds on either side."""
+    if len(first) < 2 or len(second) < 2:
+        return None
+    return float(np.sqrt(np.var(first, ddof=1) / len(first) + np.var(second, ddof=1) / len(second)))
 
 
 # ---------------------------------------------------------------- inference cost
@@ -934,9 +944,12 @@ def render_markdown(
     elif not flags:
         lines.append("OM2P has the best mean score in every cell it was run in.")
     for flag in flags:
+        gap = f"; gap {flag['gap']:.1f}" + (
+            f", {flag['gap'] / flag['gap_se']:.1f} standard errors over seeds" if flag["gap_se"] else ""
+        )
         lines.append(
             f"- {flag['env']} / {flag['quality']}: best is **{flag['best']}** "
-            f"({format_cell(flag['best_cell'], seeds)}) vs OM2P ({format_cell(flag['om2p'], seeds)})"
+            f"({format_cell(flag['best_cell'], seeds)}) vs OM2P ({format_cell(flag['om2p'], seeds)}){gap}"
         )
     lines += ["", "## OM2P ablations", ""]
     if settings.ablations:

@@ -181,5 +181,22 @@ def test_the_default_grid_is_the_published_one(results):
     mine = settings_for(
         "--cells", f"{ENV}:expert", "--cell-set", f"{ENV}:expert:alpha=1", "--set", "tau=0.01"
     )
-    assert mine.cell_overrides == {(ENV, "expert"): ["alpha=1"]}
+    # The ablation cell (medium-replay) is part of this grid too, and keeps its default setting.
+    assert mine.cell_overrides == {(ENV, "expert"): ["alpha=1"], (ENV, "medium-replay"): ["alpha=100"]}
     assert mine.overrides[-1] == "tau=0.01" and "actor_hidden=[128,128]" in mine.overrides
+
+
+def test_a_cell_om2p_loses_states_the_gap_in_standard_errors(results):
+    def cell(*scores: float) -> dict:
+        return {
+            "mean": float(np.mean(scores)),
+            "std": float(np.std(scores)),
+            "n": len(scores),
+            "scores": scores,
+        }
+
+    table = {ENV: {"medium": {"om2p": cell(40.0, 42.0, 44.0), "bc": cell(46.0, 48.0, 50.0)}}}
+    (flag,) = results.not_best_cells(table)
+    assert flag["best"] == "bc" and flag["gap"] == pytest.approx(6.0)
+    assert flag["gap_se"] == pytest.approx(np.sqrt(4.0 / 3 + 4.0 / 3))  # Welch, sample variances
+    assert results.gap_standard_error([1.0, 2.0], [3.0]) is None  # one seed has no spread to measure
