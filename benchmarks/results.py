@@ -4,7 +4,7 @@ are skipped, unfinished ones continue with `--resume`). Afterwards the final eva
 `docs/results.md` (score tables, OM2P ablations, inference cost measured on the trained checkpoints, learning
 curves under `docs/img/`) and the raw numbers into `benchmarks/results/results.json`.
 
-    python -m benchmarks.results --jobs 2              # the published grid: 156 runs, ~2 h on 2 cores
+    python -m benchmarks.results --jobs 2              # the published grid: 180 runs, ~2 h on 2 cores
     python -m benchmarks.results --smoke /tmp/smoke    # two cells, a few steps: checks the plumbing
 """
 
@@ -56,7 +56,11 @@ FULL_DEFAULTS: dict[str, Any] = {
     "qualities": list(QUALITIES),
     "algos": ["om2p", "bc", "matd3bc", "omar", "flow", "diffusion"],
     "ablations": DEFAULT_ABLATIONS,
-    "ablation_cells": ["cooperative_navigation:medium-replay"],
+    "ablation_cells": [
+        "cooperative_navigation:medium-replay",
+        "cooperative_navigation:medium",
+        "predator_prey:medium",
+    ],
     "seeds": [0, 1, 2],
     "steps": 5000,
     "eval_every": 1000,
