@@ -245,6 +245,7 @@ class ServerProcess:
 
     def __init__(self, model: Path | str | None, env: dict[str, str] | None = None, **options: object):
         self.port = int(options.pop("port", 0)) or free_port()  # type: ignore[call-overload]
+        self.workers = int(options.get("workers") or 1)  # type: ignore[call-overload]
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [
             sys.executable,
@@ -276,19 +277,26 @@ class ServerProcess:
             self.command, cwd=REPOSITORY_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
         if wait_ready:
-            self.wait_for("/readyz", timeout_s)
+            # Each probe is a new connection, which any worker may accept: with several workers, one 200
+            # can come from the first worker up while another still loads its model and answers 503.
+            consecutive = 1 if self.workers == 1 else 20 * self.workers
+            self.wait_for("/readyz", timeout_s, consecutive=consecutive)
         return self
 
-    def wait_for(self, path: str = "/readyz", timeout_s: float = 60.0) -> ServerProcess:
-        """Poll `GET path` until it answers 200; raises with the server's log if it exits or times out."""
+    def wait_for(self, path: str = "/readyz", timeout_s: float = 60.0, consecutive: int = 1) -> ServerProcess:
+        """Poll `GET path` until it answers 200 `consecutive` times in a row; raises with the server's log if
+        it exits or times out."""
         assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout_s
+        streak = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"om2p serve exited with {self.process.returncode}:\n{self.log()}")
-            if self.status(path) == 200:
+            streak = streak + 1 if self.status(path) == 200 else 0
+            if streak >= consecutive:
                 return self
-            time.sleep(0.05)
+            if streak == 0:
+                time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"om2p serve: {path} not 200 after {timeout_s} s:\n{self.log()}")
 
