@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -312,7 +312,8 @@ def resolve_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         cell_overrides.setdefault(cell, []).append(override)
     # The default per-cell settings reach the cells of this grid that the command line left alone.
     given = set(cell_overrides)
-    grid_cells = {*cells, *(parse_cell(c) for c in pick("ablation_cells"))} if ablations else set(cells)
+    ablation_cells = [parse_cell(c) for c in pick("ablation_cells")] if ablations else []
+    grid_cells = {*cells, *ablation_cells}
     for text in defaults["cell_set"]:
         cell, override = parse_cell_override(text)
         if cell in grid_cells and cell not in given:
@@ -322,7 +323,7 @@ def resolve_settings(args: argparse.Namespace, argv: Sequence[str]) -> Settings:
         qualities=qualities,
         algos=pick("algos"),
         ablations=ablations,
-        ablation_cells=[parse_cell(c) for c in pick("ablation_cells")] if ablations else [],
+        ablation_cells=ablation_cells,
         seeds=pick("seeds"),
         steps=pick("steps"),
         eval_every=pick("eval_every"),
@@ -522,7 +523,12 @@ def train_command(run: Run, settings: Settings, resume: bool) -> list[str]:
     return [*command, "--resume"] if resume else command
 
 
-RunOutcome = Literal["trained", "resumed", "skipped", "busy", "failed"]
+RunOutcome = Literal["skipped", "trained", "resumed", "busy", "failed"]
+
+
+def empty_report() -> dict[str, list[Run]]:
+    """Runs by outcome, every outcome present (in RunOutcome's order, which the summary line keeps)."""
+    return {outcome: [] for outcome in get_args(RunOutcome)}
 
 
 @contextmanager
@@ -587,13 +593,8 @@ def run_grid(runs: Sequence[Run], settings: Settings) -> dict[str, list[Run]]:
         if state != "new":
             check_recorded_config(run, settings, state)
     todo = [run for run in runs if states[run] != "done"]
-    report: dict[str, list[Run]] = {
-        "skipped": [r for r in runs if states[r] == "done"],
-        "trained": [],
-        "resumed": [],
-        "busy": [],
-        "failed": [],
-    }
+    report = empty_report()
+    report["skipped"] = [r for r in runs if states[r] == "done"]
     bar = tqdm(total=len(runs), initial=len(report["skipped"]), unit="run", desc="results grid")
     with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
         futures = {pool.submit(train_one, run, settings): run for run in todo}
@@ -1095,7 +1096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = plan_runs(settings)
         check_configs(runs, settings)
         if args.report_only:
-            report = {"skipped": [], "trained": [], "resumed": [], "busy": [], "failed": []}
+            report = empty_report()
         else:
             ensure_datasets(needed_datasets(runs), settings)
             report = run_grid(runs, settings)
