@@ -80,7 +80,8 @@ FULL_DEFAULTS: dict[str, Any] = {
     # The Q weight per dataset, as the OM2P reference tunes it (chosen on seed 0; docs/results.md).
     "cell_set": [
         "cooperative_navigation:expert:alpha=3",
-        "cooperative_navigation:medium-replay:alpha=100",
+        "cooperative_navigation:medium-replay:alpha=1000",
+        "cooperative_navigation:random:alpha=30",
         "predator_prey:expert:alpha=3",
         "predator_prey:medium:alpha=3",
         "predator_prey:medium-replay:alpha=3",

@@ -183,7 +183,7 @@ def test_the_default_grid_is_the_published_one(results):
     )
     # The ablation cells are part of this grid too, and keep their default settings.
     assert mine.cell_overrides[(ENV, "expert")] == ["alpha=1"]
-    assert mine.cell_overrides[(ENV, "medium-replay")] == ["alpha=100"]
+    assert mine.cell_overrides[(ENV, "medium-replay")] == ["alpha=1000"]
     assert mine.overrides[-1] == "tau=0.01" and "actor_hidden=[128,128]" in mine.overrides
 
 
