@@ -62,7 +62,7 @@ FULL_DEFAULTS: dict[str, Any] = {
         "cooperative_navigation:medium",
         "predator_prey:medium",
     ],
-    "seeds": [0, 1, 2],
+    "seeds": [0, 1, 2, 3, 4],
     "steps": 5000,
     "eval_every": 1000,
     "eval_episodes": 50,
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ablation-cells", nargs="+", metavar="ENV:QUALITY", help="cells the ablations run on"
     )
-    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2 3 4)")
     parser.add_argument(
         "--steps", type=int, help=f"gradient steps per run (default {FULL_DEFAULTS['steps']})"
     )
