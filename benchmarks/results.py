@@ -4,7 +4,7 @@ are skipped, unfinished ones continue with `--resume`). Afterwards the final eva
 `docs/results.md` (score tables, OM2P ablations, inference cost measured on the trained checkpoints, learning
 curves under `docs/img/`) and the raw numbers into `benchmarks/results/results.json`.
 
-    python -m benchmarks.results --jobs 2              # the published grid: 180 runs, ~2 h on 2 cores
+    python -m benchmarks.results --jobs 2              # the published grid: 300 runs, ~4 h on 2 cores
     python -m benchmarks.results --smoke /tmp/smoke    # two cells, a few steps: checks the plumbing
 """
 
