@@ -95,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=settings.access_log,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        timeout_keep_alive=settings.keep_alive_s,
         backlog=4096,
         ws_max_size=settings.max_body_bytes,
         log_config=_log_config(settings.log_level),

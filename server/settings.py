@@ -43,6 +43,12 @@ class ServerSettings(BaseSettings):
     drain_grace_s: float = Field(
         0.0, ge=0, description="after SIGTERM: seconds to keep serving while /readyz fails, before draining"
     )
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="close a keep-alive connection idle this long; keep it above the idle timeout of "
+        "the load balancer or client pool in front (AWS ALB and nginx: 60 s), so they close first",
+    )
     shutdown_timeout_s: float = Field(30.0, gt=0, description="longest drain of in-flight requests")
     watch_interval_s: float = Field(
         0.0, ge=0, description="poll the model directory for a new version every N s (0 = off)"

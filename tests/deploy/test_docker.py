@@ -140,6 +140,8 @@ def test_cpu_image_is_slim_non_root_without_torch_and_checks_health() -> None:
     assert command == ["om2p", "serve"]
     env = " ".join(arguments for name, arguments in steps if name == "ENV")
     assert "OM2P_HOST=0.0.0.0" in env and "OM2P_PORT=8000" in env  # matches EXPOSE and the k8s port
+    # The same keep-alive as the Kubernetes Deployment: longer than a load balancer's 60 s idle timeout.
+    assert "OM2P_KEEP_ALIVE_S=75" in env
     assert ("EXPOSE", "8000") in steps
 
 

@@ -15,6 +15,8 @@ import yaml
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPOSITORY_ROOT / "deploy" / "k8s"
 # The oldest Kubernetes still widely run and the newest the schemas know.
+# ingress-nginx's upstream-keepalive-timeout and AWS ALB's idle timeout.
+INGRESS_IDLE_TIMEOUT_S = 60.0
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version() + ".0")
 
 # monitoring.coreos.com/v1 ServiceMonitor: the fields this repository sets, with the operator's types.
@@ -121,6 +123,9 @@ def test_deployment_probes_drain_and_security() -> None:
     assert command[0] == "sleep" and int(command[1]) > 0
     assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + 10
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # Idle connections: the ingress (60 s idle timeout) must close first, never the server.
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert float(env["OM2P_KEEP_ALIVE_S"]) > INGRESS_IDLE_TIMEOUT_S
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
