@@ -30,6 +30,10 @@ class LoadResult:
     binary: bool
     latencies_s: list[float] = field(default_factory=list)
     errors: collections.Counter = field(default_factory=collections.Counter)
+    # Not errors: pooled connections the server had closed while idle (dropped before reuse), and requests
+    # re-sent once on a fresh connection because a reused one closed before any response byte.
+    stale_dropped: int = 0
+    reconnects: int = 0
 
     def summary(self) -> dict:
         latencies_ms = np.asarray(self.latencies_s, dtype=np.float64) * 1e3
@@ -46,6 +50,8 @@ class LoadResult:
             "requests": int(latencies_ms.size + sum(self.errors.values())),
             "ok": int(latencies_ms.size),
             "errors": dict(self.errors),
+            "stale_dropped": self.stale_dropped,
+            "reconnects": self.reconnects,
             "throughput_rps": latencies_ms.size / self.duration_s if self.duration_s > 0 else 0.0,
             "latency_ms": {
                 **percentiles,
@@ -55,21 +61,61 @@ class LoadResult:
         }
 
 
+class StaleConnectionError(ConnectionError):
+    """A kept-alive connection closed before any byte of the response: the server ended it while idle
+    (its keep-alive timeout) just as the request went out. Safe to send again on a fresh connection."""
+
+
+class _ResponseReader(asyncio.StreamReader):
+    """Notes what arrives between exchanges: on an idle keep-alive connection any byte (or EOF) means the
+    server is closing it, and no byte of a response yet means a failure can be retried."""
+
+    def __init__(self) -> None:
+        super().__init__(limit=1 << 16)
+        self.awaiting_response = False
+        self.unsolicited = False
+        self.received = 0
+
+    def feed_data(self, data: bytes) -> None:
+        if not self.awaiting_response:
+            self.unsolicited = True
+        self.received += len(data)
+        super().feed_data(data)
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection sending one prepared request at a time."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: _ResponseReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
     @classmethod
     async def open(cls, host: str, port: int) -> _Connection:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
+        loop = asyncio.get_running_loop()
+        reader = _ResponseReader()
+        transport, protocol = await loop.create_connection(
+            lambda: asyncio.StreamReaderProtocol(reader), host, port
+        )
+        return cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+
+    def reusable(self) -> bool:
+        """False once the server has closed its end, reset it or sent bytes nobody asked for while idle:
+        what an HTTP client library checks before taking a connection from its pool."""
+        reader = self.reader
+        return not (reader.unsolicited or reader.at_eof() or reader.exception() or self.writer.is_closing())
 
     async def exchange(self, request: bytes) -> int:
-        """Send `request`, read the whole response; return its status code."""
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        """Send `request`, read the whole response; return its status code. Raises StaleConnectionError
+        when the connection fails before any response byte arrives."""
+        reader = self.reader
+        reader.awaiting_response, reader.received = True, 0
+        try:
+            self.writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (ConnectionError, asyncio.IncompleteReadError) as error:
+            if reader.received == 0:
+                raise StaleConnectionError(str(error) or type(error).__name__) from error
+            raise
         status = int(head[9:12])
         length = 0
         for line in head.split(b"\r\n")[1:]:
@@ -80,11 +126,42 @@ class _Connection:
             if b"chunked" in head.lower():
                 raise ConnectionError("chunked responses are not supported by the load generator")
         if length:
-            await self.reader.readexactly(length)
+            await reader.readexactly(length)
+        reader.awaiting_response = False
         return status
 
     def close(self) -> None:
         self.writer.close()
+
+
+class ConnectionPool:
+    """LIFO pool of keep-alive connections to one server. The most recently used connection is reused
+    first (it is the least likely to have timed out); one the server has closed is dropped, not reused."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._idle: list[_Connection] = []
+
+    def take(self, result: LoadResult) -> _Connection | None:
+        """A live idle connection, or None: open a new one."""
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reusable():
+                return connection
+            connection.close()
+            result.stale_dropped += 1
+        return None
+
+    async def open(self) -> _Connection:
+        return await _Connection.open(self.host, self.port)
+
+    def give_back(self, connection: _Connection) -> None:
+        self._idle.append(connection)
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
 
 
 def build_request(url: str, observations: np.ndarray, binary: bool, deterministic: bool = False) -> bytes:
@@ -106,26 +183,40 @@ def _error_kind(error: BaseException) -> str:
     return type(error).__name__
 
 
-async def _one(
-    pool: list[_Connection],
-    host: str,
-    port: int,
-    request: bytes,
-    timeout_s: float,
-    result: LoadResult,
-    start: float,
-) -> None:
-    connection = pool.pop() if pool else None
+async def send(
+    pool: ConnectionPool, connection: _Connection | None, request: bytes, result: LoadResult
+) -> tuple[_Connection, int]:
+    """Send `request` on `connection` (taken from `pool`), or on a new one when None; returns the connection
+    that answered, to go back to the pool, and the status code. A connection that fails is closed here."""
+    if connection is not None:
+        try:
+            return connection, await connection.exchange(request)
+        except StaleConnectionError:
+            # The server closed it while idle, as the request went out: the request never reached the
+            # application, so it goes once more on a fresh connection, as HTTP client libraries do.
+            result.reconnects += 1
+            connection.close()
+        except BaseException:
+            connection.close()
+            raise
+    connection = await pool.open()
     try:
-        if connection is None:
-            connection = await asyncio.wait_for(_Connection.open(host, port), timeout_s)
-        status = await asyncio.wait_for(connection.exchange(request), timeout_s)
+        return connection, await connection.exchange(request)
+    except BaseException:
+        connection.close()
+        raise
+
+
+async def _one(
+    pool: ConnectionPool, request: bytes, timeout_s: float, result: LoadResult, start: float
+) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            connection, status = await send(pool, pool.take(result), request, result)
     except Exception as error:  # every failure is counted by kind, none stops the run
         result.errors[_error_kind(error)] += 1
-        if connection is not None:
-            connection.close()
         return
-    pool.append(connection)
+    pool.give_back(connection)
     if status == 200:
         result.latencies_s.append(time.perf_counter() - start)
     else:
@@ -142,8 +233,10 @@ async def run_load(
     timeout_s: float = 10.0,
     warmup_s: float = 0.5,
     seed: int = 0,
+    pool: ConnectionPool | None = None,
 ) -> LoadResult:
-    """Drive `/act` for `duration_s` after `warmup_s` (whose requests are not counted)."""
+    """Drive `/act` for `duration_s` after `warmup_s` (whose requests are not counted). A `pool` passed in
+    is reused and left open (bursts separated by idle gaps); otherwise one is made and closed here."""
     if (rate is None) == (concurrency is None):
         raise ValueError("give exactly one of --rate and --concurrency")
     if rate is not None and rate <= 0:
@@ -153,7 +246,8 @@ async def run_load(
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = build_request(url, observations, binary)
-    pool: list[_Connection] = []
+    own_pool = pool is None
+    pool = pool or ConnectionPool(host, port)
     mode, target = ("open", float(rate)) if rate is not None else ("closed", float(concurrency))  # type: ignore[arg-type]
     measured = LoadResult(mode, target, duration_s, binary)
     discarded = LoadResult(mode, target, warmup_s, binary)
@@ -167,7 +261,7 @@ async def run_load(
 
         async def client() -> None:
             while (now := time.perf_counter()) < end:
-                await _one(pool, host, port, request, timeout_s, sink(now), now)
+                await _one(pool, request, timeout_s, sink(now), now)
 
         await asyncio.gather(*(client() for _ in range(int(target))))
     else:
@@ -181,14 +275,14 @@ async def run_load(
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_one(pool, host, port, request, timeout_s, sink(scheduled), scheduled))
+            task = asyncio.create_task(_one(pool, request, timeout_s, sink(scheduled), scheduled))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.wait(tasks)
     measured.duration_s = max(1e-9, min(time.perf_counter(), end) - measure_from)
-    for connection in pool:
-        connection.close()
+    if own_pool:
+        pool.close()
     return measured
 
 
@@ -250,9 +344,15 @@ def format_summary(summary: dict) -> str:
         f"{key.replace('_', '.')} {latency[key]:.2f}" for key in PERCENTILES if latency[key] is not None
     )
     errors = ", ".join(f"{k} {v}" for k, v in summary["errors"].items()) or "none"
+    reused = (
+        f"; idle connections the server closed: {summary['stale_dropped']} dropped before reuse, "
+        f"{summary['reconnects']} requests re-sent"
+        if summary["stale_dropped"] or summary["reconnects"]
+        else ""
+    )
     return (
         f"{summary['protocol']} {load}: {summary['throughput_rps']:.0f} req/s ok, "
-        f"latency ms {cells or '-'}; errors: {errors}"
+        f"latency ms {cells or '-'}; errors: {errors}{reused}"
     )
 
 
