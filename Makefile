@@ -11,10 +11,10 @@ MODEL  ?=
 JOBS   ?= 2
 ARGS   ?=
 
-.PHONY: setup demo test lint data train export serve bench results up down clean help
+.PHONY: setup demo test lint data train export serve bench soak results up down clean help
 
 help:
-	@echo "make demo | test | lint | data | train | export | serve | bench | results | up | down | clean"
+	@echo "make demo | test | lint | data | train | export | serve | bench | soak | results | up | down | clean"
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ serve: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all
+
+# Ten minutes of open-loop load at 70% of capacity: errors on both sides, RSS -> benchmarks/results/soak.json.
+soak: setup
+	$(BIN)/python -m benchmarks.soak $(ARGS)
 
 results: setup
 	$(BIN)/python -m benchmarks.results --jobs $(JOBS) $(ARGS)

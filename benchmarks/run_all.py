@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import inference, ray_peer, serving, train_step
+from benchmarks import inference, ray_peer, serving, soak, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -200,7 +200,14 @@ def _train_step_markdown(report: dict) -> list[str]:
     return lines
 
 
-def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict, train_report: dict | None = None) -> str:
+def _markdown(
+    meta: dict,
+    rows: list[dict],
+    serve: dict,
+    peer: dict,
+    train_report: dict | None = None,
+    soak_report: dict | None = None,
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -287,6 +294,7 @@ def _markdown(meta: dict, rows: list[dict], serve: dict, peer: dict, train_repor
         "Raw results: `benchmarks/results/inference.json`, `benchmarks/results/serving.json` (the peer under "
         "`ray_serve`).",
         "",
+        *(soak.markdown(soak_report) if soak_report else []),
     ]
     return "\n".join(lines)
 
@@ -328,7 +336,10 @@ def run_bench(budget: Budget, results: Path, images: Path, markdown: Path, reuse
     (results / "serving.json").write_text(json.dumps({"meta": meta, **serve, "ray_serve": peer}, indent=2))
     _plot_inference(rows, images / "bench_inference.png")
     _plot_serving(serve, images / "bench_serving.png")
-    markdown.write_text(_markdown(meta, rows, serve, peer, train_report))
+    # The soak takes ten minutes: `make soak` runs it, and the page shows its newest result.
+    soak_json = RESULTS / "soak.json"
+    soak_report = json.loads(soak_json.read_text()) if soak_json.is_file() else None
+    markdown.write_text(_markdown(meta, rows, serve, peer, train_report, soak_report))
     return serve, peer
 
 
