@@ -198,3 +198,156 @@ def header_seed(value: str | None) -> int | None:
     if not 0 <= seed < 2**63:
         raise InvalidRequest(422, "X-Seed: expected an integer in [0, 2^63)", "X-Seed")
     return seed
+
+
+# --- KServe v2 (Open Inference Protocol) with Triton's binary tensor extension ---
+
+MAX_ID_CHARS = 256  # as /act's request_id
+
+
+@dataclass(slots=True)
+class V2Request:
+    id: str | None
+    parameters: dict
+    obs: np.ndarray  # float32 [rows, N, obs_dim]
+    shape: list[int]  # as sent: [N, obs_dim] or [batch, N, obs_dim]
+    binary_output: bool  # answer `actions` as raw float32 after the JSON header
+
+
+def split_v2_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tail. Without `Inference-Header-Content-Length` the whole body is JSON,
+    whatever the Content-Type says (Triton's clients send none, or application/octet-stream)."""
+    if header_length is None:
+        return body, b""
+    field = "Inference-Header-Content-Length"
+    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+        raise InvalidRequest(
+            400,
+            f"{field}: expected the JSON header's byte count (1..{len(body)}), got {header_length!r}",
+            field,
+        )
+    length = int(header_length)
+    return body[:length], body[length:]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_v2_request(header: bytes, binary: bytes, spec: ModelSpec, max_rows: int) -> V2Request:
+    """A decoded v2 inference request: one input `obs` (FP32, JSON `data` or `binary_data_size` bytes of the
+    binary tail), the optional output `actions`, `parameters` with deterministic and seed."""
+    if not header:
+        raise InvalidRequest(400, "body: empty; expected a v2 inference request (JSON)", "body")
+    try:
+        data = orjson.loads(header)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(400, f"body: not valid JSON ({error})", "body") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(422, "body: expected a JSON object with 'inputs'", "body")
+    request_id = data.get("id")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_ID_CHARS):
+        raise InvalidRequest(422, f"id: expected a string of at most {MAX_ID_CHARS} characters", "id")
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(422, "parameters: expected an object", "parameters")
+    inputs = data.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise InvalidRequest(422, "inputs: expected a non-empty list of tensors", "inputs")
+    names = [tensor.get("name") for tensor in inputs]
+    if names != ["obs"]:
+        raise InvalidRequest(422, f"inputs: expected one input named 'obs', got {names}", "inputs")
+    obs, shape = _v2_obs(inputs[0], binary, spec, max_rows)
+    binary_output = parameters.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise InvalidRequest(
+            422, "parameters.binary_data_output: expected true or false", "parameters.binary_data_output"
+        )
+    outputs = data.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(t, dict) for t in outputs):
+            raise InvalidRequest(422, "outputs: expected a list of requested outputs", "outputs")
+        for output in outputs:
+            if output.get("name") != "actions":
+                raise InvalidRequest(
+                    422,
+                    f"outputs: the model has one output, 'actions'; got {output.get('name')!r}",
+                    "outputs",
+                )
+            output_parameters = output.get("parameters") or {}
+            flag = (
+                output_parameters.get("binary_data", binary_output)
+                if isinstance(output_parameters, dict)
+                else None
+            )
+            if not isinstance(flag, bool):
+                raise InvalidRequest(
+                    422,
+                    "outputs.actions.parameters.binary_data: expected true or false",
+                    "outputs.actions.parameters.binary_data",
+                )
+            binary_output = flag
+    return V2Request(request_id, parameters, obs, shape, binary_output)
+
+
+def _v2_obs(tensor: dict, binary: bytes, spec: ModelSpec, max_rows: int) -> tuple[np.ndarray, list[int]]:
+    if tensor.get("datatype") != "FP32":
+        raise InvalidRequest(
+            422, f"inputs.obs.datatype: expected FP32, got {tensor.get('datatype')!r}", "inputs.obs.datatype"
+        )
+    shape = tensor.get("shape")
+    expected = f"[{spec.n_agents}, {spec.obs_dim}] or [batch, {spec.n_agents}, {spec.obs_dim}]"
+    if (
+        not isinstance(shape, list)
+        or not all(_is_int(n) for n in shape)
+        or len(shape) not in (2, 3)
+        or shape[-2:] != [spec.n_agents, spec.obs_dim]
+        or min(shape) < 1
+    ):
+        raise InvalidRequest(422, f"inputs.obs.shape: expected {expected}, got {shape!r}", "inputs.obs.shape")
+    if len(shape) == 3 and shape[0] > max_rows:
+        raise InvalidRequest(
+            413,
+            f"inputs.obs.shape: {shape[0]} rows, more than the server's max of {max_rows}",
+            "inputs.obs.shape",
+        )
+    parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(422, "inputs.obs.parameters: expected an object", "inputs.obs.parameters")
+    size = parameters.get("binary_data_size")
+    needed = 4 * math.prod(shape)
+    if size is not None:
+        field = "inputs.obs.parameters.binary_data_size"
+        if not _is_int(size) or size != needed:
+            raise InvalidRequest(
+                422, f"{field}: shape {shape} of FP32 needs {needed} bytes, got {size!r}", field
+            )
+        if len(binary) != size:
+            raise InvalidRequest(
+                400, f"body: {len(binary)} bytes after the JSON header, {field} says {size}", "body"
+            )
+        values: np.ndarray = np.frombuffer(binary, dtype="<f4")
+    else:
+        if binary:
+            raise InvalidRequest(
+                400, "body: binary data after the JSON header, but no input has binary_data_size", "body"
+            )
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidRequest(
+                422, "inputs.obs.data: expected a list (or parameters.binary_data_size)", "inputs.obs.data"
+            )
+        try:
+            values = np.array(data)
+        except (ValueError, TypeError):
+            raise InvalidRequest(422, "inputs.obs.data: ragged nested lists", "inputs.obs.data") from None
+        if values.dtype.kind not in "fiu":  # booleans and strings are refused, not read as 1.0/0.0
+            raise InvalidRequest(422, "inputs.obs.data: expected numbers", "inputs.obs.data")
+        if values.size != needed // 4:
+            raise InvalidRequest(
+                422,
+                f"inputs.obs.data: {values.size} values, shape {shape} needs {needed // 4}",
+                "inputs.obs.data",
+            )
+    obs, _ = observations_array(values.reshape(shape), spec, max_rows, field="inputs.obs.data")
+    return obs, shape
