@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -18,10 +19,12 @@ from server.backends import ModelSpec
 from server.batcher import DynamicBatcher, PendingRequest, Timing
 from server.service import PolicyService, error_status
 from server.validation import (
+    DECODE_IN_THREAD_BYTES,
     ActOptions,
     InvalidRequest,
     binary_array,
     header_flag,
+    header_request_id,
     header_seed,
     observations_array,
     options_from,
@@ -79,6 +82,13 @@ async def act_from_json(service: PolicyService, data: dict) -> dict:
     result = await service.act(obs, options, runtime)
     service.record_success(runtime, obs.shape[0], result.timing, started)
     return act_response(runtime.spec, result.actions, batched, options, result.timing)
+
+
+async def decode(parse: Callable[[bytes], dict], body: bytes) -> dict:
+    """`parse(body)`, in a thread when the body is large enough to hold up the event loop."""
+    if len(body) > DECODE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(parse, body)
+    return parse(body)
 
 
 def dumps(payload: dict) -> bytes:
@@ -168,7 +178,7 @@ class ActEndpoint:
             options = ActOptions(
                 header_flag(_text(headers.get(b"x-deterministic")), "X-Deterministic"),
                 header_seed(_text(headers.get(b"x-seed"))),
-                _text(headers.get(b"x-request-id")),
+                header_request_id(_text(headers.get(b"x-request-id"))),
             )
             result = await _await_watching(runtime.batcher, service.submit(runtime, obs, options), receive)
             actions, timing = result
@@ -189,11 +199,11 @@ class ActEndpoint:
         if ctype in MSGPACK_TYPES:
             import msgpack
 
-            data = parse_msgpack_body(body)
+            data = await decode(parse_msgpack_body, body)
             response = await self._act_watching(data, receive, started)
             response["actions"] = response["actions"].tolist()
             return 200, msgpack.packb(response), [(b"content-type", b"application/msgpack")]
-        data = parse_json_body(body)
+        data = await decode(parse_json_body, body)
         return 200, dumps(await self._act_watching(data, receive, started)), [*JSON_HEADERS]
 
     async def _act_watching(self, data: dict, receive, started: float) -> dict:

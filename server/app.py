@@ -34,7 +34,7 @@ from server.schemas import (
 from server.service import PolicyService, ReloadFailed, error_status
 from server.settings import ServerSettings
 from server.v2 import v2_router
-from server.validation import InvalidRequest
+from server.validation import DECODE_IN_THREAD_BYTES, InvalidRequest
 
 log = logging.getLogger("om2p.server")
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 422, 503, 504)}
@@ -167,12 +167,21 @@ def _act_router(service: PolicyService, require_api_key: Callable) -> APIRouter:
         duration, outcomes = metrics.by_protocol["ws"], metrics.by_outcome
         try:
             while True:
-                message = await websocket.receive_text()
+                received = await websocket.receive()
+                if received["type"] == "websocket.disconnect":
+                    return
+                message = received.get("text")
+                if message is None:  # a binary frame: say why before closing, not a dropped connection
+                    await websocket.close(code=1003, reason="message: binary frame; send /act JSON as text")
+                    return
                 started = time.perf_counter()
                 service.inflight += 1
                 try:
                     try:
-                        data = orjson.loads(message)
+                        if len(message) > DECODE_IN_THREAD_BYTES:
+                            data = await asyncio.to_thread(orjson.loads, message)
+                        else:
+                            data = orjson.loads(message)
                     except orjson.JSONDecodeError as error:
                         raise InvalidRequest(400, f"message: not valid JSON ({error})", "message") from None
                     if not isinstance(data, dict) or "observations" not in data:

@@ -19,12 +19,16 @@ from server.act import dumps
 from server.runtime import ModelRuntime
 from server.schemas import V2InferResponse, V2ModelMetadata
 from server.service import PolicyService, error_status
-from server.validation import InvalidRequest, options_from, parse_v2_request, split_v2_body
+from server.validation import (
+    DECODE_IN_THREAD_BYTES,
+    InvalidRequest,
+    options_from,
+    parse_v2_request,
+    split_v2_body,
+)
 
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
-# Decoding JSON this large takes milliseconds; a thread keeps the event loop serving other requests.
-DECODE_IN_THREAD_BYTES = 1 << 20
 INFER_BODY = {
     "requestBody": {
         "required": True,

@@ -6,6 +6,7 @@ Status codes: 400 for a body that is not what its Content-Type says (malformed J
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ from server.backends import ModelSpec
 
 # np.errstate around the cast costs more than the rest of the validation; silence just this warning here.
 warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
+
+MAX_REQUEST_ID_CHARS = 256  # request_id, X-Request-Id and the v2 id alike
+# Decoding JSON (or msgpack) this large takes milliseconds: a thread keeps the event loop serving meanwhile.
+DECODE_IN_THREAD_BYTES = 1 << 20
 
 
 class InvalidRequest(Exception):
@@ -71,6 +76,10 @@ def observations_array(
             f"{field}: holds {kind} or ragged lists; expected floats shaped {expected_shape(spec)}",
             field,
         )
+    if not isinstance(value, np.ndarray) and holds_booleans(value, array.ndim):
+        raise InvalidRequest(
+            422, f"{field}: holds booleans; expected floats shaped {expected_shape(spec)}", field
+        )
     batched = array.ndim == 3
     if array.ndim not in (2, 3) or array.shape[-2:] != (spec.n_agents, spec.obs_dim):
         raise InvalidRequest(
@@ -107,11 +116,34 @@ def options_from(body: dict, prefix: str = "") -> ActOptions:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         raise InvalidRequest(422, f"{prefix}seed: expected an integer in [0, 2^63) or null", f"{prefix}seed")
     request_id = body.get("request_id")
-    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 256):
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS):
         raise InvalidRequest(
-            422, "request_id: expected a string of at most 256 characters or null", "request_id"
+            422,
+            f"request_id: expected a string of at most {MAX_REQUEST_ID_CHARS} characters or null",
+            "request_id",
         )
     return ActOptions(deterministic, seed, request_id)
+
+
+def holds_booleans(value: list, ndim: int) -> bool:
+    """Whether regular nested lists of depth `ndim` hold a bool: numpy turns `[true, 0.5]` into 1.0, 0.5
+    without a trace, so look at the Python values (one C-level scan per innermost list)."""
+    if ndim < 1:
+        return isinstance(value, bool)
+    if ndim == 1:
+        return bool in map(type, value)
+    rows = value
+    for _ in range(ndim - 2):
+        rows = itertools.chain.from_iterable(rows)
+    return any(bool in map(type, row) for row in rows)
+
+
+def header_request_id(value: str | None) -> str | None:
+    if value is not None and len(value) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequest(
+            422, f"X-Request-Id: {len(value)} characters, more than {MAX_REQUEST_ID_CHARS}", "X-Request-Id"
+        )
+    return value
 
 
 def parse_json_body(body: bytes) -> dict:
@@ -162,7 +194,7 @@ def binary_array(body: bytes, shape: object, field: str = "body") -> np.ndarray:
     if (
         not isinstance(shape, tuple | list)
         or len(shape) not in (2, 3)
-        or not all(isinstance(n, int) and n > 0 for n in shape)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
     ):
         raise InvalidRequest(
             400,
@@ -201,8 +233,6 @@ def header_seed(value: str | None) -> int | None:
 
 
 # --- KServe v2 (Open Inference Protocol) with Triton's binary tensor extension ---
-
-MAX_ID_CHARS = 256  # as /act's request_id
 
 
 @dataclass(slots=True)
@@ -246,8 +276,8 @@ def parse_v2_request(header: bytes, binary: bytes, spec: ModelSpec, max_rows: in
     if not isinstance(data, dict):
         raise InvalidRequest(422, "body: expected a JSON object with 'inputs'", "body")
     request_id = data.get("id")
-    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_ID_CHARS):
-        raise InvalidRequest(422, f"id: expected a string of at most {MAX_ID_CHARS} characters", "id")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS):
+        raise InvalidRequest(422, f"id: expected a string of at most {MAX_REQUEST_ID_CHARS} characters", "id")
     parameters = data.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidRequest(422, "parameters: expected an object", "parameters")
@@ -341,7 +371,7 @@ def _v2_obs(tensor: dict, binary: bytes, spec: ModelSpec, max_rows: int) -> tupl
             values = np.array(data)
         except (ValueError, TypeError):
             raise InvalidRequest(422, "inputs.obs.data: ragged nested lists", "inputs.obs.data") from None
-        if values.dtype.kind not in "fiu":  # booleans and strings are refused, not read as 1.0/0.0
+        if values.dtype.kind not in "fiu" or holds_booleans(data, values.ndim):  # never read true as 1.0
             raise InvalidRequest(422, "inputs.obs.data: expected numbers", "inputs.obs.data")
         if values.size != needed // 4:
             raise InvalidRequest(
