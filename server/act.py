@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -18,10 +19,12 @@ from server.backends import ModelSpec
 from server.batcher import DynamicBatcher, PendingRequest, Timing
 from server.service import PolicyService, error_status
 from server.validation import (
+    DECODE_IN_THREAD_BYTES,
     ActOptions,
     InvalidRequest,
     binary_array,
     header_flag,
+    header_request_id,
     header_seed,
     observations_array,
     options_from,
@@ -72,11 +75,20 @@ def act_response(
 
 async def act_from_json(service: PolicyService, data: dict) -> dict:
     """A decoded /act JSON (or msgpack, or WebSocket) body -> the /act response dict. Raises on failure."""
+    started = time.perf_counter()
     runtime = service.current()
     obs, batched = observations_array(data["observations"], runtime.spec, service.settings.max_batch_rows)
     options = options_from(data)
     result = await service.act(obs, options, runtime)
+    service.record_success(runtime, obs.shape[0], result.timing, started)
     return act_response(runtime.spec, result.actions, batched, options, result.timing)
+
+
+async def decode(parse: Callable[[bytes], dict], body: bytes) -> dict:
+    """`parse(body)`, in a thread when the body is large enough to hold up the event loop."""
+    if len(body) > DECODE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(parse, body)
+    return parse(body)
 
 
 def dumps(payload: dict) -> bytes:
@@ -104,7 +116,7 @@ class ActEndpoint:
             ctype = headers.get(b"content-type", b"application/json").split(b";", 1)[0].strip().lower()
             if ctype == b"application/octet-stream" or ctype in MSGPACK_TYPES:
                 protocol = "binary"
-            status, body, extra = await self._handle(headers, ctype, receive)
+            status, body, extra = await self._handle(headers, ctype, receive, started)
         except asyncio.CancelledError:
             if (task := asyncio.current_task()) is not None and task.cancelling():
                 raise
@@ -112,6 +124,7 @@ class ActEndpoint:
             return
         except Exception as error:
             status, outcome, extra_headers, message = error_status(error)
+            service.record_failure(started)
             field = error.field if isinstance(error, InvalidRequest) else None
             body = dumps({"error": message, "field": field})
             extra = [*JSON_HEADERS, *((k.encode(), v.encode()) for k, v in extra_headers.items())]
@@ -149,7 +162,9 @@ class ActEndpoint:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _handle(self, headers: dict[bytes, bytes], ctype: bytes, receive) -> tuple[int, bytes, list]:
+    async def _handle(
+        self, headers: dict[bytes, bytes], ctype: bytes, receive, started: float
+    ) -> tuple[int, bytes, list]:
         if self.api_key is not None and not api_key_ok(self.api_key, offered_api_key(headers)):
             raise InvalidRequest(401, "X-API-Key: missing or wrong API key", "X-API-Key")
         body = await self._read_body(headers, receive)
@@ -163,10 +178,11 @@ class ActEndpoint:
             options = ActOptions(
                 header_flag(_text(headers.get(b"x-deterministic")), "X-Deterministic"),
                 header_seed(_text(headers.get(b"x-seed"))),
-                _text(headers.get(b"x-request-id")),
+                header_request_id(_text(headers.get(b"x-request-id"))),
             )
             result = await _await_watching(runtime.batcher, service.submit(runtime, obs, options), receive)
             actions, timing = result
+            service.record_success(runtime, obs.shape[0], timing, started)
             out_shape = actions.shape if len(shape) == 3 else actions.shape[1:]
             spec = runtime.spec
             response_headers = [
@@ -183,14 +199,14 @@ class ActEndpoint:
         if ctype in MSGPACK_TYPES:
             import msgpack
 
-            data = parse_msgpack_body(body)
-            response = await self._act_watching(data, receive)
+            data = await decode(parse_msgpack_body, body)
+            response = await self._act_watching(data, receive, started)
             response["actions"] = response["actions"].tolist()
             return 200, msgpack.packb(response), [(b"content-type", b"application/msgpack")]
-        data = parse_json_body(body)
-        return 200, dumps(await self._act_watching(data, receive)), [*JSON_HEADERS]
+        data = await decode(parse_json_body, body)
+        return 200, dumps(await self._act_watching(data, receive, started)), [*JSON_HEADERS]
 
-    async def _act_watching(self, data: dict, receive) -> dict:
+    async def _act_watching(self, data: dict, receive, started: float) -> dict:
         service = self.service
         runtime = service.current()
         obs, batched = observations_array(data["observations"], runtime.spec, service.settings.max_batch_rows)
@@ -198,6 +214,7 @@ class ActEndpoint:
         actions, timing = await _await_watching(
             runtime.batcher, service.submit(runtime, obs, options), receive
         )
+        service.record_success(runtime, obs.shape[0], timing, started)
         return act_response(runtime.spec, actions, batched, options, timing)
 
 

@@ -10,10 +10,10 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -30,13 +30,11 @@ from server.schemas import (
     ReadyResponse,
     ReloadRequest,
     ReloadResponse,
-    V2InferRequest,
-    V2InferResponse,
-    V2ModelMetadata,
 )
 from server.service import PolicyService, ReloadFailed, error_status
 from server.settings import ServerSettings
-from server.validation import InvalidRequest, observations_array, options_from
+from server.v2 import v2_router
+from server.validation import DECODE_IN_THREAD_BYTES, InvalidRequest
 
 log = logging.getLogger("om2p.server")
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 422, 503, 504)}
@@ -98,7 +96,7 @@ def create_fastapi(service: PolicyService, on_fatal: Callable[[], None] | None =
 
     app.include_router(_health_router(service))
     app.include_router(_act_router(service, require_api_key))
-    app.include_router(_v2_router(service, require_api_key))
+    app.include_router(v2_router(service, require_api_key, ERRORS))
     app.include_router(_admin_router(service, require_api_key))
     if importlib.util.find_spec("server.dashboard") is not None:
         from server.dashboard import router as dashboard_router
@@ -167,180 +165,42 @@ def _act_router(service: PolicyService, require_api_key: Callable) -> APIRouter:
         await websocket.accept()
         metrics = service.metrics
         duration, outcomes = metrics.by_protocol["ws"], metrics.by_outcome
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                message = await websocket.receive_text()
-                started = loop.time()
+                received = await websocket.receive()
+                if received["type"] == "websocket.disconnect":
+                    return
+                message = received.get("text")
+                if message is None:  # a binary frame: say why before closing, not a dropped connection
+                    await websocket.close(code=1003, reason="message: binary frame; send /act JSON as text")
+                    return
+                started = time.perf_counter()
                 service.inflight += 1
                 try:
                     try:
-                        data = orjson.loads(message)
+                        if len(message) > DECODE_IN_THREAD_BYTES:
+                            data = await asyncio.to_thread(orjson.loads, message)
+                        else:
+                            data = orjson.loads(message)
                     except orjson.JSONDecodeError as error:
                         raise InvalidRequest(400, f"message: not valid JSON ({error})", "message") from None
                     if not isinstance(data, dict) or "observations" not in data:
                         raise InvalidRequest(422, "observations: field required", "observations")
                     answer, outcome = dumps(await act_from_json(service, data)), "ok"
                 except Exception as error:
+                    service.record_failure(started)
                     status, outcome, _, text = error_status(error)
                     field = error.field if isinstance(error, InvalidRequest) else None
                     answer = dumps({"error": text, "field": field, "status": status})
                 finally:
                     service.inflight -= 1
                 await websocket.send_text(answer.decode())
-                duration.observe(loop.time() - started)
+                duration.observe(time.perf_counter() - started)
                 outcomes[outcome].inc()
         except WebSocketDisconnect:
             return
 
     return router
-
-
-def _v2_router(service: PolicyService, require_api_key: Callable) -> APIRouter:
-    """KServe Open Inference Protocol v2, so Triton's and KServe's clients and tools work unchanged."""
-    router = APIRouter(prefix="/v2", tags=["kserve-v2"])
-    settings = service.settings
-
-    def model_or_404(model_name: str):
-        runtime = service.current()
-        if model_name != runtime.spec.name:
-            raise InvalidRequest(
-                404, f"model {model_name!r} not found; serving {runtime.spec.name!r}", "model_name"
-            )
-        return runtime
-
-    @router.get("")
-    async def server_metadata() -> dict:
-        return {"name": "om2p", "version": "0.1.0", "extensions": ["model_configuration"]}
-
-    @router.get("/health/live")
-    async def live() -> dict:
-        return {"live": True}
-
-    @router.get("/health/ready")
-    async def ready() -> JSONResponse:
-        return JSONResponse({"ready": service.ready}, 200 if service.ready else 503)
-
-    @router.get("/models/{model_name}", response_model=V2ModelMetadata)
-    async def metadata(model_name: str) -> dict:
-        spec = model_or_404(model_name).spec
-        return {
-            "name": spec.name,
-            "versions": [str(spec.version)],
-            "platform": "onnxruntime_onnx",
-            "inputs": [{"name": "obs", "datatype": "FP32", "shape": [-1, spec.n_agents, spec.obs_dim]}],
-            "outputs": [{"name": "actions", "datatype": "FP32", "shape": [-1, spec.n_agents, spec.act_dim]}],
-        }
-
-    @router.get("/models/{model_name}/ready")
-    async def model_ready(model_name: str) -> JSONResponse:
-        model_or_404(model_name)
-        return JSONResponse({"name": model_name, "ready": service.ready}, 200 if service.ready else 503)
-
-    @router.get("/models/{model_name}/config")
-    async def config(model_name: str) -> dict:
-        """Triton's model configuration, for tools that read `max_batch_size`, `input`, `output`."""
-        runtime = model_or_404(model_name)
-        spec = runtime.spec
-        return {
-            "name": spec.name,
-            "platform": "onnxruntime_onnx",
-            "backend": runtime.backend_name,
-            "max_batch_size": settings.max_batch_rows,
-            "input": [{"name": "obs", "data_type": "TYPE_FP32", "dims": [spec.n_agents, spec.obs_dim]}],
-            "output": [{"name": "actions", "data_type": "TYPE_FP32", "dims": [spec.n_agents, spec.act_dim]}],
-            "dynamic_batching": {
-                "max_queue_delay_microseconds": settings.max_delay_us,
-                "default_queue_policy": {
-                    "timeout_action": "REJECT",
-                    "default_timeout_microseconds": settings.request_timeout_ms * 1000,
-                    "max_queue_size": settings.max_queue_rows,
-                },
-            },
-            "parameters": {"agents": list(spec.agents), "env": spec.env, "version": str(spec.version)},
-        }
-
-    @router.post(
-        "/models/{model_name}/infer",
-        response_model=V2InferResponse,
-        responses=ERRORS,
-        dependencies=[Depends(require_api_key)],
-    )
-    async def infer(model_name: str, request: V2InferRequest) -> Response:
-        """Input `obs` FP32 shaped `[n_agents, obs_dim]` or `[batch, n_agents, obs_dim]`; output `actions`.
-        `parameters` may hold `deterministic` and `seed`."""
-        metrics = service.metrics
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        service.inflight += 1
-        outcome = "ok"
-        try:
-            runtime = model_or_404(model_name)
-            obs, shape = _v2_obs(request, runtime.spec, settings.max_batch_rows)
-            parameters = request.parameters or {}
-            options = options_from(
-                {"deterministic": parameters.get("deterministic", False), "seed": parameters.get("seed")},
-                prefix="parameters.",
-            )
-            options.request_id = request.id
-            result = await service.act(obs, options, runtime)
-            actions = result.actions if len(shape) == 3 else result.actions[0]
-            body = {
-                "model_name": runtime.spec.name,
-                "model_version": str(runtime.spec.version),
-                "id": request.id,
-                "parameters": {
-                    "queue_us": round(result.timing.queue_s * 1e6),
-                    "compute_us": round(result.timing.compute_s * 1e6),
-                },
-                "outputs": [
-                    {
-                        "name": "actions",
-                        "shape": list(actions.shape),
-                        "datatype": "FP32",
-                        "data": actions.ravel(),
-                    }
-                ],
-            }
-            return Response(dumps(body), media_type="application/json")
-        except Exception as error:
-            outcome = error_status(error)[1]
-            return error_response(error)
-        finally:
-            service.inflight -= 1
-            metrics.by_protocol["v2"].observe(loop.time() - started)
-            metrics.by_outcome[outcome].inc()
-
-    return router
-
-
-def _v2_obs(request: V2InferRequest, spec, max_rows: int) -> tuple[np.ndarray, list[int]]:
-    tensors = {tensor.name: tensor for tensor in request.inputs}
-    if "obs" not in tensors:
-        raise InvalidRequest(422, f"inputs: expected an input named 'obs', got {sorted(tensors)}", "inputs")
-    tensor = tensors["obs"]
-    if tensor.datatype != "FP32":
-        raise InvalidRequest(
-            422, f"inputs.obs.datatype: expected FP32, got {tensor.datatype!r}", "inputs.obs.datatype"
-        )
-    shape = tensor.shape
-    expected = f"[{spec.n_agents}, {spec.obs_dim}] or [batch, {spec.n_agents}, {spec.obs_dim}]"
-    if len(shape) not in (2, 3) or list(shape[-2:]) != [spec.n_agents, spec.obs_dim] or min(shape) < 1:
-        raise InvalidRequest(422, f"inputs.obs.shape: expected {expected}, got {shape}", "inputs.obs.shape")
-    try:
-        values = np.array(tensor.data)
-    except (ValueError, TypeError):
-        raise InvalidRequest(422, "inputs.obs.data: ragged nested lists", "inputs.obs.data") from None
-    if values.dtype.kind not in "fiu":
-        raise InvalidRequest(422, "inputs.obs.data: expected numbers", "inputs.obs.data")
-    if values.size != int(np.prod(shape)):
-        raise InvalidRequest(
-            422,
-            f"inputs.obs.data: {values.size} values, shape {shape} needs {int(np.prod(shape))}",
-            "inputs.obs.data",
-        )
-    obs, _ = observations_array(values.reshape(shape), spec, max_rows, field="inputs.obs.data")
-    return obs, shape
 
 
 def _admin_router(service: PolicyService, require_api_key: Callable) -> APIRouter:

@@ -85,7 +85,10 @@ def _serve(args: argparse.Namespace) -> int:
     from om2p.cli import CommandError
 
     loop = "uvloop" if _has("uvloop") else "asyncio"
-    http = "httptools" if _has("httptools") else "h11"
+    from server import protocols
+
+    # Our subclasses bound request headers and answer bad WebSocket frames (server/protocols.py).
+    http = protocols.BoundedHttpToolsProtocol if _has("httptools") else "h11"
     common = dict(
         host=settings.host,
         port=settings.port,
@@ -98,6 +101,8 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=settings.keep_alive_s,
         backlog=4096,
         ws_max_size=settings.max_body_bytes,
+        ws=protocols.Utf8CheckingWebSocketProtocol,
+        h11_max_incomplete_event_size=protocols.MAX_HEADER_BYTES,
         log_config=_log_config(settings.log_level),
         # Per-request work nobody reads: client address rewriting and the Server header.
         proxy_headers=False,

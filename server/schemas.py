@@ -84,7 +84,7 @@ class V2Tensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any] = Field(description="row-major values (flat or nested)")
+    data: list[Any] | None = Field(None, description="row-major values (flat or nested); absent when binary")
     parameters: dict[str, Any] | None = None
 
 
@@ -94,7 +94,7 @@ class V2RequestedOutput(BaseModel):
 
 
 class V2InferRequest(BaseModel):
-    id: str | None = None
+    id: str | None = Field(None, max_length=256)
     parameters: dict[str, Any] | None = Field(None, description="om2p: deterministic (bool), seed (int)")
     inputs: list[V2Tensor]
     outputs: list[V2RequestedOutput] | None = None

@@ -18,6 +18,7 @@ from server.batcher import ZERO_NOISE, BatcherClosed, BatchStats, DeadlineExceed
 from server.metrics import ServerMetrics
 from server.runtime import ModelRuntime
 from server.settings import ServerSettings
+from server.stats import ModelStats
 from server.validation import ActOptions, InvalidRequest
 
 log = logging.getLogger("om2p.server")
@@ -55,6 +56,7 @@ class PolicyService:
         self._failed_versions: set[Path] = set()
         self._watch_task: asyncio.Task | None = None
         self._gauge_task: asyncio.Task | None = None
+        self.stats: dict[tuple[str, int], ModelStats] = {}  # (name, version) -> Triton-style statistics
         metrics = self.metrics
         metrics.queue_capacity.set(max(settings.max_queue_rows, settings.max_batch_rows))
         metrics.track_queue(
@@ -100,7 +102,13 @@ class PolicyService:
             self._gauge_task = loop.create_task(self._publish_gauges())
 
     def _install(self, runtime: ModelRuntime) -> None:
-        runtime.start_batcher(self.settings, self._on_batch)
+        stats = self.stats_for(runtime)
+
+        def on_batch(batch: BatchStats) -> None:
+            stats.execution_count += 1
+            self._on_batch(batch)
+
+        runtime.start_batcher(self.settings, on_batch)
         self.runtime = runtime
         spec = runtime.spec
         self.metrics.set_model(
@@ -192,6 +200,23 @@ class PolicyService:
         self._observe_rows(stats.rows)
         for wait in stats.queue_waits_s:
             self._observe_queue(wait)
+
+    def stats_for(self, runtime: ModelRuntime) -> ModelStats:
+        key = (runtime.spec.name, runtime.spec.version)
+        stats = self.stats.get(key)
+        if stats is None:
+            stats = self.stats[key] = ModelStats(runtime.spec.name, str(runtime.spec.version))
+        return stats
+
+    def record_success(self, runtime: ModelRuntime, rows: int, timing: Timing, started: float) -> None:
+        """Statistics of one answered request; `started` is its `time.perf_counter()` on arrival."""
+        self.stats_for(runtime).succeeded(
+            rows, time.perf_counter() - started, timing.queue_s, timing.compute_s
+        )
+
+    def record_failure(self, started: float) -> None:
+        if self.runtime is not None:
+            self.stats_for(self.runtime).failed(time.perf_counter() - started)
 
     def current(self) -> ModelRuntime:
         runtime = self.runtime

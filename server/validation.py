@@ -6,6 +6,7 @@ Status codes: 400 for a body that is not what its Content-Type says (malformed J
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ from server.backends import ModelSpec
 
 # np.errstate around the cast costs more than the rest of the validation; silence just this warning here.
 warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
+
+MAX_REQUEST_ID_CHARS = 256  # request_id, X-Request-Id and the v2 id alike
+# Decoding JSON (or msgpack) this large takes milliseconds: a thread keeps the event loop serving meanwhile.
+DECODE_IN_THREAD_BYTES = 1 << 20
 
 
 class InvalidRequest(Exception):
@@ -71,6 +76,10 @@ def observations_array(
             f"{field}: holds {kind} or ragged lists; expected floats shaped {expected_shape(spec)}",
             field,
         )
+    if not isinstance(value, np.ndarray) and holds_booleans(value, array.ndim):
+        raise InvalidRequest(
+            422, f"{field}: holds booleans; expected floats shaped {expected_shape(spec)}", field
+        )
     batched = array.ndim == 3
     if array.ndim not in (2, 3) or array.shape[-2:] != (spec.n_agents, spec.obs_dim):
         raise InvalidRequest(
@@ -107,11 +116,34 @@ def options_from(body: dict, prefix: str = "") -> ActOptions:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         raise InvalidRequest(422, f"{prefix}seed: expected an integer in [0, 2^63) or null", f"{prefix}seed")
     request_id = body.get("request_id")
-    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 256):
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS):
         raise InvalidRequest(
-            422, "request_id: expected a string of at most 256 characters or null", "request_id"
+            422,
+            f"request_id: expected a string of at most {MAX_REQUEST_ID_CHARS} characters or null",
+            "request_id",
         )
     return ActOptions(deterministic, seed, request_id)
+
+
+def holds_booleans(value: list, ndim: int) -> bool:
+    """Whether regular nested lists of depth `ndim` hold a bool: numpy turns `[true, 0.5]` into 1.0, 0.5
+    without a trace, so look at the Python values (one C-level scan per innermost list)."""
+    if ndim < 1:
+        return isinstance(value, bool)
+    if ndim == 1:
+        return bool in map(type, value)
+    rows = value
+    for _ in range(ndim - 2):
+        rows = itertools.chain.from_iterable(rows)
+    return any(bool in map(type, row) for row in rows)
+
+
+def header_request_id(value: str | None) -> str | None:
+    if value is not None and len(value) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequest(
+            422, f"X-Request-Id: {len(value)} characters, more than {MAX_REQUEST_ID_CHARS}", "X-Request-Id"
+        )
+    return value
 
 
 def parse_json_body(body: bytes) -> dict:
@@ -162,7 +194,7 @@ def binary_array(body: bytes, shape: object, field: str = "body") -> np.ndarray:
     if (
         not isinstance(shape, tuple | list)
         or len(shape) not in (2, 3)
-        or not all(isinstance(n, int) and n > 0 for n in shape)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
     ):
         raise InvalidRequest(
             400,
@@ -198,3 +230,154 @@ def header_seed(value: str | None) -> int | None:
     if not 0 <= seed < 2**63:
         raise InvalidRequest(422, "X-Seed: expected an integer in [0, 2^63)", "X-Seed")
     return seed
+
+
+# --- KServe v2 (Open Inference Protocol) with Triton's binary tensor extension ---
+
+
+@dataclass(slots=True)
+class V2Request:
+    id: str | None
+    parameters: dict
+    obs: np.ndarray  # float32 [rows, N, obs_dim]
+    shape: list[int]  # as sent: [N, obs_dim] or [batch, N, obs_dim]
+    binary_output: bool  # answer `actions` as raw float32 after the JSON header
+
+
+def split_v2_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tail. Without `Inference-Header-Content-Length` the whole body is JSON,
+    whatever the Content-Type says (Triton's clients send none, or application/octet-stream)."""
+    if header_length is None:
+        return body, b""
+    field = "Inference-Header-Content-Length"
+    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+        raise InvalidRequest(
+            400,
+            f"{field}: expected the JSON header's byte count (1..{len(body)}), got {header_length!r}",
+            field,
+        )
+    length = int(header_length)
+    return body[:length], body[length:]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_v2_request(header: bytes, binary: bytes, spec: ModelSpec, max_rows: int) -> V2Request:
+    """A decoded v2 inference request: one input `obs` (FP32, JSON `data` or `binary_data_size` bytes of the
+    binary tail), the optional output `actions`, `parameters` with deterministic and seed."""
+    if not header:
+        raise InvalidRequest(400, "body: empty; expected a v2 inference request (JSON)", "body")
+    try:
+        data = orjson.loads(header)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(400, f"body: not valid JSON ({error})", "body") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(422, "body: expected a JSON object with 'inputs'", "body")
+    request_id = data.get("id")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS):
+        raise InvalidRequest(422, f"id: expected a string of at most {MAX_REQUEST_ID_CHARS} characters", "id")
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(422, "parameters: expected an object", "parameters")
+    inputs = data.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise InvalidRequest(422, "inputs: expected a non-empty list of tensors", "inputs")
+    names = [tensor.get("name") for tensor in inputs]
+    if names != ["obs"]:
+        raise InvalidRequest(422, f"inputs: expected one input named 'obs', got {names}", "inputs")
+    obs, shape = _v2_obs(inputs[0], binary, spec, max_rows)
+    binary_output = parameters.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise InvalidRequest(
+            422, "parameters.binary_data_output: expected true or false", "parameters.binary_data_output"
+        )
+    outputs = data.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(t, dict) for t in outputs):
+            raise InvalidRequest(422, "outputs: expected a list of requested outputs", "outputs")
+        for output in outputs:
+            if output.get("name") != "actions":
+                raise InvalidRequest(
+                    422,
+                    f"outputs: the model has one output, 'actions'; got {output.get('name')!r}",
+                    "outputs",
+                )
+            output_parameters = output.get("parameters") or {}
+            flag = (
+                output_parameters.get("binary_data", binary_output)
+                if isinstance(output_parameters, dict)
+                else None
+            )
+            if not isinstance(flag, bool):
+                raise InvalidRequest(
+                    422,
+                    "outputs.actions.parameters.binary_data: expected true or false",
+                    "outputs.actions.parameters.binary_data",
+                )
+            binary_output = flag
+    return V2Request(request_id, parameters, obs, shape, binary_output)
+
+
+def _v2_obs(tensor: dict, binary: bytes, spec: ModelSpec, max_rows: int) -> tuple[np.ndarray, list[int]]:
+    if tensor.get("datatype") != "FP32":
+        raise InvalidRequest(
+            422, f"inputs.obs.datatype: expected FP32, got {tensor.get('datatype')!r}", "inputs.obs.datatype"
+        )
+    shape = tensor.get("shape")
+    expected = f"[{spec.n_agents}, {spec.obs_dim}] or [batch, {spec.n_agents}, {spec.obs_dim}]"
+    if (
+        not isinstance(shape, list)
+        or not all(_is_int(n) for n in shape)
+        or len(shape) not in (2, 3)
+        or shape[-2:] != [spec.n_agents, spec.obs_dim]
+        or min(shape) < 1
+    ):
+        raise InvalidRequest(422, f"inputs.obs.shape: expected {expected}, got {shape!r}", "inputs.obs.shape")
+    if len(shape) == 3 and shape[0] > max_rows:
+        raise InvalidRequest(
+            413,
+            f"inputs.obs.shape: {shape[0]} rows, more than the server's max of {max_rows}",
+            "inputs.obs.shape",
+        )
+    parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(422, "inputs.obs.parameters: expected an object", "inputs.obs.parameters")
+    size = parameters.get("binary_data_size")
+    needed = 4 * math.prod(shape)
+    if size is not None:
+        field = "inputs.obs.parameters.binary_data_size"
+        if not _is_int(size) or size != needed:
+            raise InvalidRequest(
+                422, f"{field}: shape {shape} of FP32 needs {needed} bytes, got {size!r}", field
+            )
+        if len(binary) != size:
+            raise InvalidRequest(
+                400, f"body: {len(binary)} bytes after the JSON header, {field} says {size}", "body"
+            )
+        values: np.ndarray = np.frombuffer(binary, dtype="<f4")
+    else:
+        if binary:
+            raise InvalidRequest(
+                400, "body: binary data after the JSON header, but no input has binary_data_size", "body"
+            )
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidRequest(
+                422, "inputs.obs.data: expected a list (or parameters.binary_data_size)", "inputs.obs.data"
+            )
+        try:
+            values = np.array(data)
+        except (ValueError, TypeError):
+            raise InvalidRequest(422, "inputs.obs.data: ragged nested lists", "inputs.obs.data") from None
+        if values.dtype.kind not in "fiu" or holds_booleans(data, values.ndim):  # never read true as 1.0
+            raise InvalidRequest(422, "inputs.obs.data: expected numbers", "inputs.obs.data")
+        if values.size != needed // 4:
+            raise InvalidRequest(
+                422,
+                f"inputs.obs.data: {values.size} values, shape {shape} needs {needed // 4}",
+                "inputs.obs.data",
+            )
+    obs, _ = observations_array(values.reshape(shape), spec, max_rows, field="inputs.obs.data")
+    return obs, shape

@@ -1,0 +1,100 @@
+"""uvicorn's HTTP and WebSocket protocols with two refusals of ours, so that bad clients get an answer and
+the log gets one line, never a traceback:
+
+- request headers past `MAX_HEADER_BYTES` get 431 (httptools buffers headers without any bound; h11 is
+  bounded with uvicorn's `h11_max_incomplete_event_size`, set to the same number);
+- a WebSocket text frame that is not UTF-8 gets a close 1007 with a reason naming the message.
+
+Both hook uvicorn's protocol classes (passed as `http=` and `ws=`); tests run them on a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+MAX_HEADER_BYTES = 16 * 1024  # h11's default; browsers and proxies send well under 8 KiB
+
+
+class HeadersTooLarge(Exception):
+    pass
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """Counts the request line and headers as httptools reports them (exact), and the bytes received while
+    a request's headers are still incomplete (what httptools buffers meanwhile)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._in_headers = False
+        self._header_bytes = 0
+        self._received_in_headers = 0
+        self._too_large = False
+        super().connection_made(transport)
+
+    def on_message_begin(self) -> None:
+        self._in_headers = True
+        self._header_bytes = self._received_in_headers = 0
+        super().on_message_begin()
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._too_large = True
+            raise HeadersTooLarge  # httptools stops parsing; uvicorn answers through send_400_response
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._in_headers or self.transport.is_closing():
+            return
+        # Incomplete headers: a chunk that also ends the previous message counts whole, so this bound can
+        # only err early, and only for pipelined requests.
+        self._received_in_headers += len(data)
+        if self._received_in_headers > MAX_HEADER_BYTES:
+            self._too_large = True
+            self.send_400_response("")
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._too_large:
+            super().send_400_response(msg)
+            return
+        self._in_headers = False
+        message = f"headers: more than the limit of {MAX_HEADER_BYTES} bytes"
+        self.logger.warning("refused a request: %s", message)
+        body = orjson.dumps({"error": message, "field": "headers"})
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.transport.close()
+
+
+class Utf8CheckingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn logs a traceback for a text frame that is not UTF-8 and closes without a reason."""
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = b"".join(self.frames)
+            try:
+                data.decode()
+            except UnicodeDecodeError as error:
+                self.frames = []
+                self.logger.info("closed a WebSocket: text frame not UTF-8 (%s)", error.reason)
+                self.conn.send_close(1007, "message: text frame is not valid UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()

@@ -1,0 +1,83 @@
+"""A corpus of malformed inputs against a real server: each gets a 4xx naming the field (or, on the
+WebSocket, a close whose reason names the message), never a 5xx or a dropped connection."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+
+import msgpack
+import pytest
+
+API_KEY = "test-key"  # as in conftest.py
+ROW = [0.0] * 18
+V2 = "/v2/models/synthetic/infer"
+
+CORPUS = {
+    "msgpack shape of booleans": (
+        "/act", {"content": msgpack.packb({"observations": b"\0" * 216, "shape": [True, 3, 18]}),
+                 "headers": {"Content-Type": "application/msgpack"}}, 400, "shape"),
+    "boolean in a JSON row": ("/act", {"json": {"observations": [[True, *ROW[1:]], ROW, ROW]}}, 422, "observations"),
+    "boolean in a msgpack row": (
+        "/act", {"content": msgpack.packb({"observations": [[False, *ROW[1:]], ROW, ROW]}),
+                 "headers": {"Content-Type": "application/msgpack"}}, 422, "observations"),
+    "boolean in v2 data": (
+        V2, {"json": {"inputs": [{"name": "obs", "shape": [3, 18], "datatype": "FP32", "data": [True, *ROW[1:], *ROW, *ROW]}]}},
+        422, "inputs.obs.data"),
+    "v2 shape of booleans": (
+        V2, {"json": {"inputs": [{"name": "obs", "shape": [True, 3, 18], "datatype": "FP32", "data": ROW * 3}]}},
+        422, "inputs.obs.shape"),
+    "v2 id too long": (
+        V2, {"json": {"id": "x" * 257, "inputs": [{"name": "obs", "shape": [3, 18], "datatype": "FP32", "data": ROW * 3}]}},
+        422, "id"),
+    "X-Request-Id too long": (
+        "/act", {"content": b"\0" * 216, "headers": {"Content-Type": "application/octet-stream", "X-Shape": "3,18",
+                                                     "X-Request-Id": "x" * 257}}, 422, "X-Request-Id"),
+    "request_id too long": ("/act", {"json": {"observations": [ROW] * 3, "request_id": "x" * 257}}, 422, "request_id"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CORPUS), ids=list(CORPUS))
+def test_malformed_input_gets_a_4xx_naming_the_field(client, case):
+    path, request, status, field = CORPUS[case]
+    response = client.post(path, **request)
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field and field in response.json()["error"]
+
+
+def test_oversized_headers_get_431(client):
+    response = client.get("/healthz", headers={"X-Big": "a" * 100_000})
+    assert response.status_code == 431 and response.json()["field"] == "headers"
+
+
+def _ws_close(port: int, opcode: int, payload: bytes) -> tuple[int, bytes]:
+    """A raw WebSocket client (stock clients refuse to send invalid UTF-8): one frame, then the close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            f"GET /act/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-API-Key: {API_KEY}\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 101")
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+        frame = answer.split(b"\r\n\r\n", 1)[1]
+        while len(frame) < 2 or len(frame) < 2 + frame[1]:
+            frame += sock.recv(4096)
+    assert frame[0] == 0x88  # a close frame, not a dropped connection
+    (code,) = struct.unpack(">H", frame[2:4])
+    return code, frame[4 : 2 + frame[1]]
+
+
+@pytest.mark.parametrize(("opcode", "payload", "code"), [(0x2, b"\0\1", 1003), (0x1, b"\xff\xfe{", 1007)],
+                         ids=["binary frame", "invalid UTF-8"])  # fmt: skip
+def test_bad_websocket_frames_get_a_close_naming_the_message(server, opcode, payload, code):
+    closed_code, reason = _ws_close(server.port, opcode, payload)
+    assert closed_code == code and reason.startswith(b"message:")
+    assert "Traceback" not in server.log()
