@@ -52,7 +52,7 @@ serve: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run_all
 
-# Ten minutes of open-loop load at 70% of capacity: errors on both sides, RSS -> benchmarks/results/soak.json.
+# Ten minutes of open-loop load at 30% of closed-loop capacity: errors on both sides, RSS -> benchmarks/results/soak.json.
 soak: setup
 	$(BIN)/python -m benchmarks.soak $(ARGS)
 
