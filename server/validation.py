@@ -146,15 +146,22 @@ def header_request_id(value: str | None) -> str | None:
     return value
 
 
-def parse_json_body(body: bytes) -> dict:
+def json_object(body: bytes, expected: str) -> dict:
+    """`body` decoded as a JSON object; 400 when empty or not JSON, 422 when not an object. `expected` names
+    what the body should be, for the messages."""
     if not body:
-        raise InvalidRequest(400, "body: empty; expected a JSON object with 'observations'", "body")
+        raise InvalidRequest(400, f"body: empty; expected {expected}", "body")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(400, f"body: not valid JSON ({error})", "body") from None
     if not isinstance(data, dict):
-        raise InvalidRequest(422, "body: expected a JSON object with 'observations'", "body")
+        raise InvalidRequest(422, f"body: expected {expected}", "body")
+    return data
+
+
+def parse_json_body(body: bytes) -> dict:
+    data = json_object(body, "a JSON object with 'observations'")
     if "observations" not in data:
         raise InvalidRequest(422, "observations: field required", "observations")
     return data
@@ -267,14 +274,7 @@ def _is_int(value: object) -> bool:
 def parse_v2_request(header: bytes, binary: bytes, spec: ModelSpec, max_rows: int) -> V2Request:
     """A decoded v2 inference request: one input `obs` (FP32, JSON `data` or `binary_data_size` bytes of the
     binary tail), the optional output `actions`, `parameters` with deterministic and seed."""
-    if not header:
-        raise InvalidRequest(400, "body: empty; expected a v2 inference request (JSON)", "body")
-    try:
-        data = orjson.loads(header)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest(400, f"body: not valid JSON ({error})", "body") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest(422, "body: expected a JSON object with 'inputs'", "body")
+    data = json_object(header, "a v2 inference request, a JSON object with 'inputs'")
     request_id = data.get("id")
     if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS):
         raise InvalidRequest(422, f"id: expected a string of at most {MAX_REQUEST_ID_CHARS} characters", "id")
