@@ -179,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--load-fraction must be in (0, 1]; --duration and --window must be > 0")
 
     options = {} if args.keep_alive_s is None else {"keep_alive_s": args.keep_alive_s}
-    server = ServerProcess(args.model, **options).start()
+    try:
+        server = ServerProcess(args.model, **options).start()
+    except (RuntimeError, TimeoutError) as error:  # the server's own one-line reason ends its log
+        lines = str(error).strip().splitlines()
+        parser.exit(2, f"benchmarks.soak: the server did not start: {lines[-1] if lines else error}\n")
     try:
         assert server.process is not None
         observations = model_observations(server.url)
