@@ -11,10 +11,10 @@ MODEL  ?=
 JOBS   ?= 2
 ARGS   ?=
 
-.PHONY: setup demo test lint data train export serve bench soak results up down clean help
+.PHONY: setup demo test lint data train export serve bench soak results gpu-check up down clean help
 
 help:
-	@echo "make demo | test | lint | data | train | export | serve | bench | soak | results | up | down | clean"
+	@echo "make demo | test | lint | data | train | export | serve | bench | soak | results | gpu-check | up | down | clean"
 
 setup: $(STAMP)
 
@@ -58,6 +58,11 @@ soak: setup
 
 results: setup
 	$(BIN)/python -m benchmarks.results --jobs $(JOBS) $(ARGS)
+
+# The GPU path (CUDA training step with and without CUDA graphs, a short run, the torch serving backend) ->
+# benchmarks/results/gpu_check.json; one line and exit 0 on a machine without CUDA.
+gpu-check: setup
+	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 up:
 	docker compose -f docker/compose.yaml up -d --build

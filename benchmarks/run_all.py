@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import inference, ray_peer, serving, soak, train_step
+from benchmarks import gpu_check, inference, ray_peer, serving, soak, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -207,6 +207,7 @@ def _markdown(
     peer: dict,
     train_report: dict | None = None,
     soak_report: dict | None = None,
+    gpu_report: dict | None = None,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -295,6 +296,7 @@ def _markdown(
         "`ray_serve`).",
         "",
         *(soak.markdown(soak_report) if soak_report else []),
+        *(gpu_check.markdown(gpu_report) if gpu_report else []),
     ]
     return "\n".join(lines)
 
@@ -339,7 +341,10 @@ def run_bench(budget: Budget, results: Path, images: Path, markdown: Path, reuse
     # The soak takes ten minutes: `make soak` runs it, and the page shows its newest result.
     soak_json = RESULTS / "soak.json"
     soak_report = json.loads(soak_json.read_text()) if soak_json.is_file() else None
-    markdown.write_text(_markdown(meta, rows, serve, peer, train_report, soak_report))
+    # The GPU check needs a CUDA machine: `make gpu-check` runs it there, and the page shows its newest result.
+    gpu_json = RESULTS / "gpu_check.json"
+    gpu_report = json.loads(gpu_json.read_text()) if gpu_json.is_file() else None
+    markdown.write_text(_markdown(meta, rows, serve, peer, train_report, soak_report, gpu_report))
     return serve, peer
 
 

@@ -24,6 +24,7 @@ from training.checkpoint import (
     sha256_of,
 )
 from training.config import TrainConfig
+from training.cuda_graphs import GraphedStep, make_capturable
 from training.envs import EnvSpec, env_spec, evaluate_policy
 from training.policy import PolicyModule
 
@@ -41,6 +42,7 @@ RESUMABLE_CHANGES = {
     "log_every",
     "device",
     "num_threads",
+    "cuda_graphs",
 }
 
 
@@ -332,6 +334,9 @@ def train(
     )
     algorithm: Algorithm = get_algorithm(config.algo)(spec, config, obs_mean, obs_std).to(device)
     optimizers = algorithm.optimizers()
+    graphed = device.type == "cuda" and config.cuda_graphs and algorithm.supports_cuda_graphs
+    if graphed:
+        make_capturable(optimizers)
     start = 0
     evaluation: dict[str, Any] | None = None
     if resume:
@@ -349,6 +354,11 @@ def train(
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     replay = ReplayTensors(dataset, device)
+
+    def training_step() -> dict[str, torch.Tensor]:
+        return algorithm.update(replay.sample(config.batch_size))
+
+    step_once = GraphedStep(training_step) if graphed else training_step
     logger = RunLogger(run_dir)
     seeds = range(config.eval_seed, config.eval_seed + config.eval_episodes)
     eval_every = config.eval_every if config.eval_every > 0 else config.steps
@@ -358,7 +368,7 @@ def train(
     try:
         algorithm.train()
         for step in range(start + 1, config.steps + 1):
-            info = algorithm.update(replay.sample(config.batch_size))
+            info = step_once()
             if step % config.log_every == 0 or step == config.steps:
                 values = {k: float(v) for k, v in info.items()}
                 values["time/steps_per_s"] = (step - start) / (time.perf_counter() - started)

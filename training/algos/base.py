@@ -46,6 +46,10 @@ class Algorithm(nn.Module, ABC):
     name: ClassVar[str]
     """The value of `--algo` and of `algo` in checkpoint.json."""
 
+    supports_cuda_graphs: ClassVar[bool] = False
+    """Whether `update` can be captured once and replayed as a CUDA graph (`training/cuda_graphs.py`): no
+    host synchronisation and no Python-side state that changes between steps."""
+
     policy: PolicyModule
 
     def __init__(self, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor):

@@ -23,6 +23,7 @@ class BC(Algorithm):
     """Agent-batched mean-flow behaviour cloning: OM2P with the Q term and the critics removed."""
 
     name = "bc"
+    supports_cuda_graphs = True
 
     def __init__(self, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor):
         super().__init__(spec, config, obs_mean, obs_std)

@@ -159,6 +159,7 @@ class OM2P(Algorithm):
     """Agent-batched OM2P: mean-flow actors, twin LayerNorm critics, Polyak target critics."""
 
     name = "om2p"
+    supports_cuda_graphs = True
 
     def __init__(self, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor):
         super().__init__(spec, config, obs_mean, obs_std)
