@@ -43,6 +43,7 @@ class LoadResult:
     # Open loop: arrivals scheduled in the window, and those not sent because `max_connections` were all
     # busy (the generator's drop, not the server's answer).
     scheduled: int = 0
+    schedule_lag_s: float = 0.0  # the most an arrival went out after its scheduled time (generator behind)
     not_sent: int = 0
     max_connections: int | None = None
     peak_connections: int = 0
@@ -69,6 +70,7 @@ class LoadResult:
             "server_errors": server_errors,
             "client_errors": sum(self.errors.values()) - server_errors,
             "offered": offered,
+            "schedule_lag_ms": self.schedule_lag_s * 1e3,
             "not_sent": self.not_sent,
             "max_connections": self.max_connections,
             "peak_connections": self.peak_connections,
@@ -354,9 +356,14 @@ async def run_load(
             if scheduled >= end:
                 break
             delay = scheduled - time.perf_counter()
+            window = sink(scheduled)
             if delay > 0:
                 await asyncio.sleep(delay)
-            window = sink(scheduled)
+            else:
+                # Behind schedule: yield anyway, so responses are read (and connections freed) while the
+                # backlog goes out, and note by how much the generator fell behind.
+                window.schedule_lag_s = max(window.schedule_lag_s, -delay)
+                await asyncio.sleep(0)
             window.scheduled += 1
             task = asyncio.create_task(_one(pool, request, timeout_s, window, scheduled))
             tasks.add(task)
