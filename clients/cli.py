@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     control = subparsers.add_parser("control", help="run an environment with actions from the server")
     control.add_argument("--url", required=True, help="server base URL")
     control.add_argument("--env", required=True, help="environment name (see `om2p envs`)")
-    control.add_argument("--episodes", type=int, default=5)
+    control.add_argument(
+        "--episodes", type=int, default=5, help="episodes to run (served, and in-process unless --no-compare)"
+    )
     control.add_argument("--seed", type=int, default=0, help="first seed; episode k uses seed + k")
     control.add_argument("--n-envs", type=int, default=1, help="environments stepped together (batch rows)")
     control.add_argument("--model", help="model dir for the in-process run (default: the served model's)")
