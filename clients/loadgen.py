@@ -43,6 +43,7 @@ class LoadResult:
     # Open loop: arrivals scheduled in the window, and those not sent because `max_connections` were all
     # busy (the generator's drop, not the server's answer).
     scheduled: int = 0
+    schedule_s: float = 0.0  # the nominal window the arrivals were scheduled in
     schedule_lag_s: float = 0.0  # the most an arrival went out after its scheduled time (generator behind)
     not_sent: int = 0
     max_connections: int | None = None
@@ -76,7 +77,7 @@ class LoadResult:
             "peak_connections": self.peak_connections,
             "stale_dropped": self.stale_dropped,
             "reconnects": self.reconnects,
-            "offered_rps": offered / self.duration_s if self.duration_s > 0 else 0.0,
+            "offered_rps": offered / (self.schedule_s or self.duration_s) if self.duration_s > 0 else 0.0,
             "throughput_rps": latencies_ms.size / self.duration_s if self.duration_s > 0 else 0.0,
             "latency_ms": _percentiles_ms(latencies_ms),
             "rejected_latency_ms": _percentiles_ms(rejected_ms),
@@ -332,7 +333,9 @@ async def run_load(
     elif max_connections is not None:
         pool.max_connections = max_connections
     mode, target = ("open", float(rate)) if rate is not None else ("closed", float(concurrency))  # type: ignore[arg-type]
-    measured = LoadResult(mode, target, duration_s, binary, max_connections=pool.max_connections)
+    measured = LoadResult(
+        mode, target, duration_s, binary, max_connections=pool.max_connections, schedule_s=duration_s
+    )
     discarded = LoadResult(mode, target, warmup_s, binary)
     begin = time.perf_counter()
     measure_from, end = begin + warmup_s, begin + warmup_s + duration_s
@@ -368,8 +371,12 @@ async def run_load(
             task = asyncio.create_task(_one(pool, request, timeout_s, window, scheduled))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        # A generator behind schedule sends the window's last arrivals after `end`: its rates are taken
+        # over the time it took to send them, not over the nominal window (offered_rps keeps the schedule's).
+        dispatched = time.perf_counter()
         if tasks:
             await asyncio.wait(tasks)
+        end = max(end, dispatched)
     measured.duration_s = max(1e-9, min(time.perf_counter(), end) - measure_from)
     measured.peak_connections = pool.peak_connections
     if own_pool:
