@@ -206,6 +206,9 @@ class ConnectionPool:
             result.stale_dropped += 1
         return None
 
+    def has_idle(self) -> bool:
+        return bool(self._idle)
+
     def full(self) -> bool:
         """True when `max_connections` are open: a caller with no idle connection must not open one."""
         return self.max_connections is not None and self.open_connections >= self.max_connections
@@ -368,6 +371,11 @@ async def run_load(
                 window.schedule_lag_s = max(window.schedule_lag_s, -delay)
                 await asyncio.sleep(0)
             window.scheduled += 1
+            if pool.full() and not pool.has_idle():
+                # Counted here rather than in a task of its own: past saturation most arrivals end here,
+                # and the generator shares the CPU with the server it measures.
+                window.not_sent += 1
+                continue
             task = asyncio.create_task(_one(pool, request, timeout_s, window, scheduled))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

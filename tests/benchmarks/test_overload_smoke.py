@@ -23,7 +23,10 @@ def test_overload_reports_the_ratio_and_both_sides_agree(
     assert "of the" in capsys.readouterr().out and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(out.read_text())
     assert [p["factor"] for p in report["points"]] == [0.5, 4.0]  # the headline factor is always measured
-    assert report["saturating_rps"] > 0 and report["capacity"]["errors"] == {}
+    capacity = report["capacity"]
+    assert report["saturating_rps"] > 0 and capacity["before"]["errors"] == capacity["after"]["errors"] == {}
+    mean = (capacity["before"]["throughput_rps"] + capacity["after"]["throughput_rps"]) / 2
+    assert report["saturating_rps"] == pytest.approx(mean)  # the two runs that bracket the overload
     head = report["headline"]
     assert head["accepted_vs_saturating"] == pytest.approx(head["accepted_rps"] / report["saturating_rps"])
     for point in report["points"]:
