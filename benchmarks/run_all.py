@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import gpu_check, inference, ray_peer, serving, soak, train_step
+from benchmarks import gpu_check, inference, overload, ray_peer, serving, soak, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -207,6 +207,7 @@ def _markdown(
     peer: dict,
     train_report: dict | None = None,
     soak_report: dict | None = None,
+    overload_report: dict | None = None,
     gpu_report: dict | None = None,
 ) -> str:
     lines = [
@@ -293,8 +294,9 @@ def _markdown(
         *_peer_markdown(peer, serve),
         "",
         "Raw results: `benchmarks/results/inference.json`, `benchmarks/results/serving.json` (the peer under "
-        "`ray_serve`).",
+        "`ray_serve`), `benchmarks/results/overload.json`.",
         "",
+        *(overload.markdown(overload_report) if overload_report else []),
         *(soak.markdown(soak_report) if soak_report else []),
         *(gpu_check.markdown(gpu_report) if gpu_report else []),
     ]
@@ -308,10 +310,16 @@ class Budget:
     train_step_args: tuple[str, ...] = ()
     inference_s: float = 0.4
     point_s: float = 3.0
+    overload_s: float = 5.0  # per offered load
+    overload_factors: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
 
 QUICK = Budget(
-    train_step_args=("--hidden", "64,64", "--steps", "1", "--rounds", "1"), inference_s=0.02, point_s=1.5
+    train_step_args=("--hidden", "64,64", "--steps", "1", "--rounds", "1"),
+    inference_s=0.02,
+    point_s=1.5,
+    overload_s=0.5,
+    overload_factors=(4.0,),
 )
 
 
@@ -334,22 +342,31 @@ def run_bench(budget: Budget, results: Path, images: Path, markdown: Path, reuse
         rows = inference.run(Path(work) / "inference", budget_s=budget.inference_s)
         serve = serving.run(Path(work), bundled, duration_s=budget.point_s)
         peer = ray_peer.run(Path(work) / "m256", duration_s=budget.point_s)
+        # Capacity, then 4x it against a small queue, both in this run (benchmarks/overload.py).
+        over = overload.measure(
+            bundled or Path(work) / "m256",
+            duration_s=budget.overload_s,
+            capacity_s=budget.point_s,
+            factors=budget.overload_factors,
+        )
     (results / "inference.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (results / "serving.json").write_text(json.dumps({"meta": meta, **serve, "ray_serve": peer}, indent=2))
     _plot_inference(rows, images / "bench_inference.png")
     _plot_serving(serve, images / "bench_serving.png")
+    overload.write(over, results / "overload.json", images / "overload.png")
     # The soak takes ten minutes: `make soak` runs it, and the page shows its newest result.
     soak_json = RESULTS / "soak.json"
     soak_report = json.loads(soak_json.read_text()) if soak_json.is_file() else None
     # The GPU check needs a CUDA machine: `make gpu-check` runs it there, and the page shows its newest result.
     gpu_json = RESULTS / "gpu_check.json"
     gpu_report = json.loads(gpu_json.read_text()) if gpu_json.is_file() else None
-    markdown.write_text(_markdown(meta, rows, serve, peer, train_report, soak_report, gpu_report))
-    return serve, peer
+    markdown.write_text(_markdown(meta, rows, serve, peer, train_report, soak_report, over, gpu_report))
+    return serve, peer, over
 
 
-def _print_summary(serve: dict, peer: dict) -> None:
+def _print_summary(serve: dict, peer: dict, over: dict) -> None:
     print(f"/act vs raw ASGI: {serve['act_vs_raw_asgi']:.0%}")
+    print(overload.summary_line(over))
     for key, entry in serve.items():
         if key.startswith("batching_"):
             print(f"batching on/off {key.removeprefix('batching_')}: {entry['ratio']:.2f}x")
@@ -377,13 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         with tempfile.TemporaryDirectory(prefix="om2p-bench-quick-") as work:
             out = Path(work)
-            serve, peer = run_bench(QUICK, out, out, out / "benchmarks.md", reuse_train_step=False)
+            serve, peer, over = run_bench(QUICK, out, out, out / "benchmarks.md", reuse_train_step=False)
         print("quick bench ok (numbers meaningless):")
-        _print_summary(serve, peer)
+        _print_summary(serve, peer, over)
         return 0
-    serve, peer = run_bench(Budget(), RESULTS, IMAGES, ROOT / "docs" / "benchmarks.md", args.skip_train_step)
-    print(f"wrote {RESULTS}/inference.json, serving.json, docs/benchmarks.md")
-    _print_summary(serve, peer)
+    serve, peer, over = run_bench(
+        Budget(), RESULTS, IMAGES, ROOT / "docs" / "benchmarks.md", args.skip_train_step
+    )
+    print(f"wrote {RESULTS}/inference.json, serving.json, overload.json, docs/benchmarks.md")
+    _print_summary(serve, peer, over)
     return 0
 
 

@@ -20,14 +20,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     loadgen.add_argument("--warmup", type=float, default=0.5, help="seconds sent first and not counted")
     loadgen.add_argument("--batch", type=int, default=1, help="environments (rows) per request")
     loadgen.add_argument("--binary", action="store_true", help="float32 body instead of JSON")
+    loadgen.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open loop: never more than N connections (like wrk's -c); an arrival that finds all N busy is "
+        "not sent and counted as not_sent, not as a server error (default: no cap)",
+    )
     loadgen.add_argument("--json", dest="json_out", metavar="OUT", help="write the summary as JSON")
-    loadgen.add_argument("--plot", metavar="PNG", help="latency-vs-load plot (with --sweep)")
+    loadgen.add_argument(
+        "--plot", metavar="PNG", help="with --sweep: accepted load, errors and latency against offered load"
+    )
     loadgen.set_defaults(handler=_loadgen)
 
     control = subparsers.add_parser("control", help="run an environment with actions from the server")
     control.add_argument("--url", required=True, help="server base URL")
     control.add_argument("--env", required=True, help="environment name (see `om2p envs`)")
-    control.add_argument("--episodes", type=int, default=5)
+    control.add_argument(
+        "--episodes", type=int, default=5, help="episodes to run (served, and in-process unless --no-compare)"
+    )
     control.add_argument("--seed", type=int, default=0, help="first seed; episode k uses seed + k")
     control.add_argument("--n-envs", type=int, default=1, help="environments stepped together (batch rows)")
     control.add_argument("--model", help="model dir for the in-process run (default: the served model's)")
@@ -51,13 +62,17 @@ def _loadgen(args: argparse.Namespace) -> int:
         raise ValueError(f"--duration must be > 0, got {args.duration}")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.max_connections is not None and args.max_connections < 1:
+        raise ValueError(f"--max-connections must be >= 1, got {args.max_connections}")
+    if args.max_connections is not None and args.concurrency is not None:
+        raise ValueError("--max-connections is for open loop (--rate, --sweep); --concurrency C opens C")
     observations = model_observations(args.url, args.batch)
     if args.sweep:
         try:
             rates = [float(rate) for rate in args.sweep.split(",") if rate.strip()]
         except ValueError:
             raise ValueError(f"--sweep: expected comma-separated numbers, got {args.sweep!r}") from None
-        summaries = sweep(args.url, observations, rates, args.duration, args.binary)
+        summaries = sweep(args.url, observations, rates, args.duration, args.binary, args.max_connections)
         for summary in summaries:
             print(format_summary(summary))
         if args.plot:
@@ -67,7 +82,7 @@ def _loadgen(args: argparse.Namespace) -> int:
             write_json({"sweep": summaries}, args.json_out)
         return 0
     if args.plot:
-        raise ValueError("--plot needs --sweep (a latency-vs-load curve needs several loads)")
+        raise ValueError("--plot needs --sweep (a load curve needs several loads)")
     result = asyncio.run(
         run_load(
             args.url,
@@ -77,6 +92,7 @@ def _loadgen(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             binary=args.binary,
             warmup_s=args.warmup,
+            max_connections=args.max_connections,
         )
     )
     summary = result.summary()

@@ -4,6 +4,11 @@ It speaks HTTP/1.1 keep-alive over raw asyncio streams with the request bytes pr
 generator costs a few microseconds per request instead of an HTTP library's ~100 us: on a 2-core machine
 the generator shares the CPU with the server and must not be what is measured. Open-loop latency is
 counted from the scheduled send time, so a stalled server shows up in the tail (no coordinated omission).
+
+Open loop can be capped at N connections (`max_connections`, like wrk's `-c`): an arrival that finds no idle
+connection while N are open is not sent and is counted as `not_sent`, the generator's own drop, never as a
+server error. Without a cap, a server that falls behind makes the generator open a connection per waiting
+request (thousands), and an overload test then measures the connection storm instead of the server.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import collections
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -34,31 +40,58 @@ class LoadResult:
     # re-sent once on a fresh connection because a reused one closed before any response byte.
     stale_dropped: int = 0
     reconnects: int = 0
+    # Open loop: arrivals scheduled in the window, and those not sent because `max_connections` were all
+    # busy (the generator's drop, not the server's answer).
+    scheduled: int = 0
+    schedule_s: float = 0.0  # the nominal window the arrivals were scheduled in
+    schedule_lag_s: float = 0.0  # the most an arrival went out after its scheduled time (generator behind)
+    not_sent: int = 0
+    max_connections: int | None = None
+    peak_connections: int = 0
+    # 503s: how long the server took to say no, and how many came without the Retry-After it promises.
+    rejected_latencies_s: list[float] = field(default_factory=list)
+    rejected_without_retry_after: int = 0
 
     def summary(self) -> dict:
         latencies_ms = np.asarray(self.latencies_s, dtype=np.float64) * 1e3
-        percentiles = {
-            key: float(np.percentile(latencies_ms, q)) if latencies_ms.size else None
-            for key, q in PERCENTILES.items()
-        }
+        rejected_ms = np.asarray(self.rejected_latencies_s, dtype=np.float64) * 1e3
+        sent = int(latencies_ms.size + sum(self.errors.values()))
+        # Closed loop has no schedule: what it offers is what it sends.
+        offered = self.scheduled if self.mode == "open" else sent
+        server_errors = sum(count for kind, count in self.errors.items() if kind.startswith("http_"))
         return {
             "mode": self.mode,
             "rate": self.target if self.mode == "open" else None,
             "concurrency": int(self.target) if self.mode == "closed" else None,
             "protocol": "binary" if self.binary else "json",
             "duration_s": round(self.duration_s, 3),
-            "requests": int(latencies_ms.size + sum(self.errors.values())),
+            "requests": sent,
             "ok": int(latencies_ms.size),
             "errors": dict(self.errors),
+            "server_errors": server_errors,
+            "client_errors": sum(self.errors.values()) - server_errors,
+            "offered": offered,
+            "schedule_lag_ms": self.schedule_lag_s * 1e3,
+            "not_sent": self.not_sent,
+            "max_connections": self.max_connections,
+            "peak_connections": self.peak_connections,
             "stale_dropped": self.stale_dropped,
             "reconnects": self.reconnects,
+            "offered_rps": offered / (self.schedule_s or self.duration_s) if self.duration_s > 0 else 0.0,
             "throughput_rps": latencies_ms.size / self.duration_s if self.duration_s > 0 else 0.0,
-            "latency_ms": {
-                **percentiles,
-                "mean": float(latencies_ms.mean()) if latencies_ms.size else None,
-                "max": float(latencies_ms.max()) if latencies_ms.size else None,
-            },
+            "latency_ms": _percentiles_ms(latencies_ms),
+            "rejected_latency_ms": _percentiles_ms(rejected_ms),
+            "rejected_without_retry_after": self.rejected_without_retry_after,
         }
+
+
+def _percentiles_ms(values_ms: np.ndarray) -> dict[str, float | None]:
+    present = bool(values_ms.size)
+    return {
+        **{key: float(np.percentile(values_ms, q)) if present else None for key, q in PERCENTILES.items()},
+        "mean": float(values_ms.mean()) if present else None,
+        "max": float(values_ms.max()) if present else None,
+    }
 
 
 class StaleConnectionError(ConnectionError):
@@ -86,17 +119,26 @@ class _ResponseReader(asyncio.StreamReader):
 class _Connection:
     """One keep-alive HTTP/1.1 connection sending one prepared request at a time."""
 
-    def __init__(self, reader: _ResponseReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: _ResponseReader,
+        writer: asyncio.StreamWriter,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.reader, self.writer = reader, writer
+        self._on_close = on_close
+        self.closed = False
+        # Whether the last non-200 response carried Retry-After (headers are read only for those).
+        self.retry_after = False
 
     @classmethod
-    async def open(cls, host: str, port: int) -> _Connection:
+    async def open(cls, host: str, port: int, on_close: Callable[[], None] | None = None) -> _Connection:
         loop = asyncio.get_running_loop()
         reader = _ResponseReader()
         transport, protocol = await loop.create_connection(
             lambda: asyncio.StreamReaderProtocol(reader), host, port
         )
-        return cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+        return cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop), on_close)
 
     def reusable(self) -> bool:
         """False once the server has closed its end, reset it or sent bytes nobody asked for while idle:
@@ -117,6 +159,8 @@ class _Connection:
                 raise StaleConnectionError(str(error) or type(error).__name__) from error
             raise
         status = int(head[9:12])
+        if status != 200:
+            self.retry_after = b"\r\nretry-after:" in head.lower()
         length = 0
         for line in head.split(b"\r\n")[1:]:
             if line[:15].lower() == b"content-length:":
@@ -131,15 +175,25 @@ class _Connection:
         return status
 
     def close(self) -> None:
-        self.writer.close()
+        if not self.closed:  # every path that ends a connection calls this; the pool counts each once
+            self.closed = True
+            self.writer.close()
+            if self._on_close is not None:
+                self._on_close()
 
 
 class ConnectionPool:
     """LIFO pool of keep-alive connections to one server. The most recently used connection is reused
-    first (it is the least likely to have timed out); one the server has closed is dropped, not reused."""
+    first (it is the least likely to have timed out); one the server has closed is dropped, not reused.
+    With `max_connections`, no more than that many are ever open at once (idle ones included)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, max_connections: int | None = None) -> None:
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"--max-connections must be >= 1, got {max_connections}")
         self.host, self.port = host, port
+        self.max_connections = max_connections
+        self.open_connections = 0  # open or being opened
+        self.peak_connections = 0
         self._idle: list[_Connection] = []
 
     def take(self, result: LoadResult) -> _Connection | None:
@@ -152,8 +206,25 @@ class ConnectionPool:
             result.stale_dropped += 1
         return None
 
+    def has_idle(self) -> bool:
+        return bool(self._idle)
+
+    def full(self) -> bool:
+        """True when `max_connections` are open: a caller with no idle connection must not open one."""
+        return self.max_connections is not None and self.open_connections >= self.max_connections
+
     async def open(self) -> _Connection:
-        return await _Connection.open(self.host, self.port)
+        # Counted before the first await, so a task that checks full() right after sees this one.
+        self.open_connections += 1
+        self.peak_connections = max(self.peak_connections, self.open_connections)
+        try:
+            return await _Connection.open(self.host, self.port, self._closed)
+        except BaseException:
+            self.open_connections -= 1
+            raise
+
+    def _closed(self) -> None:
+        self.open_connections -= 1
 
     def give_back(self, connection: _Connection) -> None:
         self._idle.append(connection)
@@ -210,17 +281,24 @@ async def send(
 async def _one(
     pool: ConnectionPool, request: bytes, timeout_s: float, result: LoadResult, start: float
 ) -> None:
+    connection = pool.take(result)
+    if connection is None and pool.full():
+        result.not_sent += 1  # every allowed connection is busy: the generator drops it (wrk's -c)
+        return
     try:
         async with asyncio.timeout(timeout_s):
-            connection, status = await send(pool, pool.take(result), request, result)
+            connection, status = await send(pool, connection, request, result)
     except Exception as error:  # every failure is counted by kind, none stops the run
         result.errors[_error_kind(error)] += 1
         return
     pool.give_back(connection)
     if status == 200:
         result.latencies_s.append(time.perf_counter() - start)
-    else:
-        result.errors[f"http_{status}"] += 1
+        return
+    result.errors[f"http_{status}"] += 1
+    if status == 503:
+        result.rejected_latencies_s.append(time.perf_counter() - start)
+        result.rejected_without_retry_after += not connection.retry_after
 
 
 async def run_load(
@@ -234,22 +312,33 @@ async def run_load(
     warmup_s: float = 0.5,
     seed: int = 0,
     pool: ConnectionPool | None = None,
+    max_connections: int | None = None,
 ) -> LoadResult:
     """Drive `/act` for `duration_s` after `warmup_s` (whose requests are not counted). A `pool` passed in
-    is reused and left open (bursts separated by idle gaps); otherwise one is made and closed here."""
+    is reused and left open (bursts separated by idle gaps); otherwise one is made and closed here.
+    `max_connections` caps an open-loop run's connections (its own pool's, or the cap of the `pool`)."""
     if (rate is None) == (concurrency is None):
         raise ValueError("give exactly one of --rate and --concurrency")
     if rate is not None and rate <= 0:
         raise ValueError(f"--rate must be > 0, got {rate}")
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
+    if max_connections is not None and rate is None:
+        raise ValueError(
+            "--max-connections is for open loop (--rate, --sweep); closed loop opens --concurrency"
+        )
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = build_request(url, observations, binary)
     own_pool = pool is None
-    pool = pool or ConnectionPool(host, port)
+    if pool is None:
+        pool = ConnectionPool(host, port, max_connections)
+    elif max_connections is not None:
+        pool.max_connections = max_connections
     mode, target = ("open", float(rate)) if rate is not None else ("closed", float(concurrency))  # type: ignore[arg-type]
-    measured = LoadResult(mode, target, duration_s, binary)
+    measured = LoadResult(
+        mode, target, duration_s, binary, max_connections=pool.max_connections, schedule_s=duration_s
+    )
     discarded = LoadResult(mode, target, warmup_s, binary)
     begin = time.perf_counter()
     measure_from, end = begin + warmup_s, begin + warmup_s + duration_s
@@ -273,14 +362,31 @@ async def run_load(
             if scheduled >= end:
                 break
             delay = scheduled - time.perf_counter()
+            window = sink(scheduled)
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_one(pool, request, timeout_s, sink(scheduled), scheduled))
+            else:
+                # Behind schedule: yield anyway, so responses are read (and connections freed) while the
+                # backlog goes out, and note by how much the generator fell behind.
+                window.schedule_lag_s = max(window.schedule_lag_s, -delay)
+                await asyncio.sleep(0)
+            window.scheduled += 1
+            if pool.full() and not pool.has_idle():
+                # Counted here rather than in a task of its own: past saturation most arrivals end here,
+                # and the generator shares the CPU with the server it measures.
+                window.not_sent += 1
+                continue
+            task = asyncio.create_task(_one(pool, request, timeout_s, window, scheduled))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        # A generator behind schedule sends the window's last arrivals after `end`: its rates are taken
+        # over the time it took to send them, not over the nominal window (offered_rps keeps the schedule's).
+        dispatched = time.perf_counter()
         if tasks:
             await asyncio.wait(tasks)
+        end = max(end, dispatched)
     measured.duration_s = max(1e-9, min(time.perf_counter(), end) - measure_from)
+    measured.peak_connections = pool.peak_connections
     if own_pool:
         pool.close()
     return measured
@@ -304,34 +410,94 @@ def model_observations(url: str, batch: int = 1, seed: int = 0) -> np.ndarray:
 
 
 def sweep(
-    url: str, observations: np.ndarray, rates: list[float], duration_s: float, binary: bool
+    url: str,
+    observations: np.ndarray,
+    rates: list[float],
+    duration_s: float,
+    binary: bool,
+    max_connections: int | None = None,
 ) -> list[dict]:
     from tqdm import tqdm
 
     summaries = []
     for rate in tqdm(rates, desc="loadgen sweep", unit="rate"):
-        summaries.append(
-            asyncio.run(run_load(url, observations, duration_s, rate=rate, binary=binary)).summary()
+        result = asyncio.run(
+            run_load(url, observations, duration_s, rate=rate, binary=binary, max_connections=max_connections)
         )
+        summaries.append(result.summary())
     return summaries
 
 
-def plot_latency_vs_load(summaries: list[dict], path: str, title: str = "/act latency vs load") -> None:
+def error_rates(summary: dict) -> dict[str, float]:
+    """Per second of the window: 503s (rejected), 504s (past deadline), other HTTP errors, the generator's
+    own failures (timeouts, connections) and arrivals it did not send (`--max-connections` all busy)."""
+    errors, seconds = summary["errors"], max(summary["duration_s"], 1e-9)
+    other_http = sum(
+        v for k, v in errors.items() if k.startswith("http_") and k not in ("http_503", "http_504")
+    )
+    return {
+        "503 rejected": errors.get("http_503", 0) / seconds,
+        "504 past deadline": errors.get("http_504", 0) / seconds,
+        "other HTTP errors": other_http / seconds,
+        "client-side errors": summary["client_errors"] / seconds,
+        "not sent (connections busy)": summary.get("not_sent", 0) / seconds,
+    }
+
+
+ERROR_MARKERS = {  # error_rates() key: (marker, colour) in the sweep plot
+    "503 rejected": ("v", "tab:orange"),
+    "504 past deadline": ("x", "tab:red"),
+    "other HTTP errors": ("D", "tab:purple"),
+    "client-side errors": ("s", "black"),
+    "not sent (connections busy)": ("^", "tab:grey"),
+}
+
+
+def load_curve(summaries: list[dict]) -> dict[str, list]:
+    """The sweep plot's data, ordered by offered load: `offered`, `accepted` (200s per second), the error
+    rates of `error_rates()` and the accepted requests' latency percentiles. Offered load only grows along
+    a sweep, so past saturation a point lands to the right of the others (lower accepted load, more errors)
+    instead of folding the curve back as a plot against achieved throughput does."""
+    points = sorted(summaries, key=lambda s: s["offered_rps"])
+    rates = [error_rates(s) for s in points]
+    return {
+        "offered": [s["offered_rps"] for s in points],
+        "accepted": [s["throughput_rps"] for s in points],
+        "errors": {label: [r[label] for r in rates] for label in ERROR_MARKERS},
+        "latency_ms": {
+            key: [np.nan if s["latency_ms"][key] is None else s["latency_ms"][key] for s in points]
+            for key in ("p50", "p99", "p99_9")
+        },
+    }
+
+
+def plot_latency_vs_load(summaries: list[dict], path: str, title: str = "/act under open-loop load") -> None:
+    """Two panels against offered load: accepted load with errors marked, and accepted requests' latency."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.4, 4.0))
-    throughput = [s["throughput_rps"] for s in summaries]
+    curve = load_curve(summaries)
+    offered = curve["offered"]
+    figure, (load_axis, latency_axis) = plt.subplots(2, 1, figsize=(6.4, 7.0), sharex=True)
+    load_axis.plot(offered, offered, color="grey", linestyle=":", label="offered (all accepted)")
+    load_axis.plot(offered, curve["accepted"], "o-", color="tab:blue", label="accepted (200)")
+    for label, (marker, color) in ERROR_MARKERS.items():
+        values = curve["errors"][label]
+        if any(values):
+            load_axis.plot(offered, values, marker, color=color, linestyle="--", label=label)
+    load_axis.set_ylabel("requests/s")
+    load_axis.set_title(title)
+    load_axis.grid(True, alpha=0.3)
+    load_axis.legend(fontsize="small")
     for key, style in (("p50", "o-"), ("p99", "s-"), ("p99_9", "^--")):
-        axis.plot(throughput, [s["latency_ms"][key] for s in summaries], style, label=key.replace("_", "."))
-    axis.set_xlabel("achieved throughput (requests/s)")
-    axis.set_ylabel("latency (ms)")
-    axis.set_yscale("log")
-    axis.set_title(title)
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend()
+        latency_axis.plot(offered, curve["latency_ms"][key], style, label=key.replace("_", "."))
+    latency_axis.set_xlabel("offered load (requests/s)")
+    latency_axis.set_ylabel("latency of accepted requests (ms)")
+    latency_axis.set_yscale("log")
+    latency_axis.grid(True, which="both", alpha=0.3)
+    latency_axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -350,9 +516,15 @@ def format_summary(summary: dict) -> str:
         if summary["stale_dropped"] or summary["reconnects"]
         else ""
     )
+    capped = (
+        f"; at most {summary['max_connections']} connections (peak {summary['peak_connections']}): "
+        f"{summary['not_sent']} not sent"
+        if summary.get("max_connections")
+        else ""
+    )
     return (
         f"{summary['protocol']} {load}: {summary['throughput_rps']:.0f} req/s ok, "
-        f"latency ms {cells or '-'}; errors: {errors}{reused}"
+        f"latency ms {cells or '-'}; errors: {errors}{capped}{reused}"
     )
 
 

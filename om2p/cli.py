@@ -18,8 +18,61 @@ COMMAND_MODULES = (
 )
 
 
+DESCRIPTION = (
+    "Train, export and serve one-step multi-agent policies (OM2P): make offline datasets, train a policy on "
+    "one, export it to ONNX, serve it over HTTP, and drive the server with the load generator or a control "
+    "loop."
+)
+EPILOG = "Run `om2p COMMAND --help` for a command's options and their defaults."
+
+
 class CommandError(Exception):
     """A user-facing error: printed as one line with exit code 2, never a traceback."""
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Appends `(default: X)` to an option's help, unless its help already names the default or the option
+    has none (None, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text, default = action.help or "", action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+            or "default" in text.lower()
+        ):
+            return action.help
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every `om2p` parser, subcommands included (argparse makes subparsers of the parent's class): its
+    help shows the options' defaults, whatever formatter the subcommand chose for its text."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        chosen = kwargs.get("formatter_class", argparse.HelpFormatter)
+        kwargs["formatter_class"] = type(f"DefaultsShown{chosen.__name__}", (_DefaultsShown, chosen), {})
+        super().__init__(*args, **kwargs)
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """A subcommand registered with only a one-line `help` gets it as its `--help` description too, as a
+    sentence, so that `om2p data collect --help` says what the command does."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        summaries = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, subparser in action.choices.items():
+            summary = summaries.get(name)
+            if subparser.description is None and summary:
+                subparser.description = (
+                    summary[0].upper() + summary[1:] + ("" if summary.endswith(".") else ".")
+                )
+            _describe_subcommands(subparser)
 
 
 def _envs(args: argparse.Namespace) -> int:
@@ -46,7 +99,7 @@ def _envs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="om2p", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="om2p", description=DESCRIPTION, epilog=EPILOG)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     envs = subparsers.add_parser("envs", help="list the benchmark environments and their dims")
     envs.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -60,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    _describe_subcommands(parser)
     return parser
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 DEFAULT_TRANSITIONS = 25_000
 """`make-default` size per dataset: whole minutes on two cores; the paper's size is 1_000_000."""
+PAPER_TRANSITIONS = 1_000_000
+"""`collect`'s default size per dataset, the paper's."""
 
 
 def _train_behaviour(args: argparse.Namespace) -> int:
@@ -154,41 +156,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="offline datasets: behaviour policies, collection, description")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
+    # The MATD3 options default to MATD3Config's values (stated here, checked against it by the tests:
+    # importing the config would import torch for every `om2p --help`).
     p = sub.add_parser("train-behaviour", help="train a MATD3 behaviour policy online (resumable)")
-    p.add_argument("--env", required=True)
+    p.add_argument("--env", required=True, choices=ENV_NAMES, help="benchmark environment")
     p.add_argument("--steps", type=int, default=200_000, help="environment transitions")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the episodes")
     p.add_argument("--out", required=True, help="run directory (checkpoints, evaluations.json, state/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state if present")
-    p.add_argument("--n-envs", dest="n_envs", type=int)
-    p.add_argument("--eval-interval", dest="eval_interval", type=int)
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--updates-per-step", dest="updates_per_step", type=float)
+    p.add_argument(
+        "--n-envs", dest="n_envs", type=int, help="environments stepped in lockstep (MATD3 default: 4)"
+    )
+    p.add_argument(
+        "--eval-interval",
+        dest="eval_interval",
+        type=int,
+        help="transitions between evaluations and checkpoints (MATD3 default: 5000)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        help="transitions of uniform random actions before learning (MATD3 default: 5000)",
+    )
+    p.add_argument(
+        "--updates-per-step",
+        dest="updates_per_step",
+        type=float,
+        help="gradient updates per collected transition (MATD3 default: 0.25)",
+    )
     p.add_argument(
         "--exploration-noise",
         dest="exploration_noise",
         type=float,
-        help="std of the Gaussian action noise while collecting (sparse rewards need more than 0.1)",
+        help="std of the Gaussian action noise while collecting; sparse rewards need more than the MATD3 "
+        "default: 0.1",
     )
     p.add_argument(
         "--action-penalty",
         dest="action_penalty",
         type=float,
-        help="weight of the squared pre-tanh actor output (MADDPG: 1e-3); stops tanh saturation",
+        help="weight of the squared pre-tanh actor output (MADDPG: 1e-3); stops tanh saturation (MATD3 "
+        "default: 0.0)",
     )
     p.add_argument(
         "--pursuit-shaping",
         dest="pursuit_shaping",
         type=float,
-        help="weight of a per-step distance cost toward the evaders (predator_prey, world); training only",
+        help="weight of a per-step distance cost toward the evaders (predator_prey, world); training only "
+        "(MATD3 default: 0.0)",
     )
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (MATD3 default: 1)")
     p.set_defaults(handler=_train_behaviour)
 
     p = sub.add_parser(
         "ship-behaviour", help="pick random/medium/expert from a MATD3 run into the shipped set"
     )
-    p.add_argument("--env", required=True)
+    p.add_argument("--env", required=True, choices=ENV_NAMES, help="benchmark environment of the run")
     p.add_argument("--run", required=True, help="run directory of train-behaviour")
     p.add_argument("--root", help="checkpoint root (default training/behaviour/checkpoints)")
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes for the reference returns")
@@ -197,49 +220,68 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="selection_episodes",
         type=int,
         default=0,
-        help="re-evaluate every checkpoint with this many episodes and pick on those (sparse rewards)",
+        help="re-evaluate every checkpoint with this many episodes and pick on those (sparse rewards); "
+        "0 picks on the run's own evaluations",
     )
     p.set_defaults(handler=_ship_behaviour)
 
-    p = sub.add_parser("collect", help="record one dataset from the shipped behaviour checkpoints")
-    p.add_argument("--env", required=True)
-    p.add_argument("--quality", required=True, choices=QUALITIES)
-    p.add_argument("--transitions", type=int, default=1_000_000, help="at least this many (whole episodes)")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "collect",
+        help="record one dataset from the shipped behaviour checkpoints",
+        description="Record one dataset from the shipped behaviour checkpoints. The default size is the "
+        f"paper's, {PAPER_TRANSITIONS:,} transitions: {PAPER_TRANSITIONS // DEFAULT_TRANSITIONS} times the "
+        f"{DEFAULT_TRANSITIONS:,} per dataset of `om2p data make-default` (what `make data` runs).",
+    )
+    p.add_argument("--env", required=True, choices=ENV_NAMES, help="benchmark environment")
+    p.add_argument("--quality", required=True, choices=QUALITIES, help="which behaviour policy records")
+    p.add_argument(
+        "--transitions",
+        type=int,
+        default=PAPER_TRANSITIONS,
+        help="at least this many, rounded up to whole episodes",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the episodes and the behaviour noise; datasets of different seeds share no episode",
+    )
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--checkpoints", help="behaviour checkpoint root (default: the shipped ones)")
     p.set_defaults(handler=_collect)
 
     p = sub.add_parser("describe", help="size, return statistics and normalised score of a dataset")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", help="dataset .npz")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--plot", metavar="PNG", help="write the episode-return histogram")
     p.add_argument("--env", help="also check the file is for this environment")
     p.set_defaults(handler=_describe)
 
     p = sub.add_parser("make-default", help="build the default small set (what `make data` runs)")
-    p.add_argument("--out", default="data")
-    p.add_argument("--envs", nargs="+", default=["cooperative_navigation"])
-    p.add_argument("--transitions", type=int, default=DEFAULT_TRANSITIONS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="data", help="writes OUT/<env>/<quality>.npz")
+    p.add_argument(
+        "--envs", nargs="+", default=["cooperative_navigation"], choices=ENV_NAMES, help="environments"
+    )
+    p.add_argument("--transitions", type=int, default=DEFAULT_TRANSITIONS, help="per dataset")
+    p.add_argument("--seed", type=int, default=0, help="seeds the episodes and the behaviour noise")
     p.add_argument("--plot-dir", dest="plot_dir", help="write <env>_returns.png here")
     p.set_defaults(handler=_make_default)
 
     p = sub.add_parser("report", help="write docs/datasets.md (+ histograms) from the datasets on disk")
     p.add_argument("--data", default="data", help="directory holding <env>/<quality>.npz")
-    p.add_argument("--envs", nargs="+", default=list(ENV_NAMES))
-    p.add_argument("--out", default="docs/datasets.md")
+    p.add_argument("--envs", nargs="+", default=list(ENV_NAMES), choices=ENV_NAMES, help="environments")
+    p.add_argument("--out", default="docs/datasets.md", help="markdown file to write")
     p.add_argument("--no-load-time", action="store_true", help="skip the one-million-transition load timing")
     p.set_defaults(handler=_report)
 
     p = sub.add_parser(
         "import-omar", help="convert the public OMAR/OM2P layout ({env}/{quality}/seed_{s}_data)"
     )
-    p.add_argument("--root", required=True)
-    p.add_argument("--env", required=True)
-    p.add_argument("--quality", required=True, choices=QUALITIES)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--root", required=True, help="directory holding {env}/{quality}/seed_{s}_data")
+    p.add_argument("--env", required=True, choices=ENV_NAMES, help="benchmark environment")
+    p.add_argument("--quality", required=True, choices=QUALITIES, help="dataset quality")
+    p.add_argument("--seed", type=int, default=0, help="which seed_{s}_data directory")
+    p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--expert-return", dest="expert_return", type=float, help="reference return for scores")
     p.add_argument("--random-return", dest="random_return", type=float, help="reference return for scores")
     p.set_defaults(handler=_import_omar)
