@@ -8,6 +8,8 @@ import importlib
 import json
 import sys
 
+from om2p.errors import CommandError
+
 # Each module exposes `register(subparsers)`; the order is the order of `om2p --help`.
 COMMAND_MODULES = (
     "training.data.cli",  # om2p data ...
@@ -16,10 +18,6 @@ COMMAND_MODULES = (
     "server.cli",  # om2p serve
     "clients.cli",  # om2p loadgen, om2p control
 )
-
-
-class CommandError(Exception):
-    """A user-facing error: printed as one line with exit code 2, never a traceback."""
 
 
 def _envs(args: argparse.Namespace) -> int:

@@ -42,14 +42,14 @@ def timing_dict(timing: Timing) -> dict:
     return {"queue_us": round(timing.queue_s * 1e6), "compute_us": round(timing.compute_s * 1e6)}
 
 
-def api_key_ok(expected: str | None, offered: str | bytes | None) -> bool:
+def api_key_ok(expected: bytes | None, offered: bytes | None) -> bool:
+    """Constant-time comparison of the raw bytes: header values arrive as bytes, and a key with non-ASCII
+    characters matches when the client sends its UTF-8 bytes (`expected` is the key's UTF-8)."""
     if expected is None:
         return True
     if offered is None:
         return False
-    if isinstance(offered, bytes):
-        offered = offered.decode("latin-1")
-    return hmac.compare_digest(offered.encode(), expected.encode())
+    return hmac.compare_digest(offered, expected)
 
 
 def offered_api_key(headers: dict[bytes, bytes]) -> bytes | None:
@@ -101,7 +101,7 @@ class ActEndpoint:
     def __init__(self, service: PolicyService) -> None:
         self.service = service
         self.max_body = service.settings.max_body_bytes
-        self.api_key = service.settings.api_key
+        self.api_key = service.api_key
         metrics = service.metrics
         self._duration = metrics.by_protocol
         self._outcomes = metrics.by_outcome

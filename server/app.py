@@ -87,7 +87,7 @@ def create_fastapi(service: PolicyService, on_fatal: Callable[[], None] | None =
         )
 
     def require_api_key(request: Request) -> None:
-        if not api_key_ok(settings.api_key, offered_api_key(dict(request.headers.raw))):
+        if not api_key_ok(service.api_key, offered_api_key(dict(request.headers.raw))):
             raise InvalidRequest(401, "X-API-Key: missing or wrong API key", "X-API-Key")
 
     @app.exception_handler(InvalidRequest)
@@ -97,7 +97,8 @@ def create_fastapi(service: PolicyService, on_fatal: Callable[[], None] | None =
     app.include_router(_health_router(service))
     app.include_router(_act_router(service, require_api_key))
     app.include_router(v2_router(service, require_api_key, ERRORS))
-    app.include_router(_admin_router(service, require_api_key))
+    if settings.admin:
+        app.include_router(_admin_router(service, require_api_key))
     if importlib.util.find_spec("server.dashboard") is not None:
         from server.dashboard import router as dashboard_router
 
@@ -158,8 +159,10 @@ def _act_router(service: PolicyService, require_api_key: Callable) -> APIRouter:
     @router.websocket("/act/ws")
     async def act_ws(websocket: WebSocket) -> None:
         """One `/act` JSON body per text message, one `/act` JSON response (or error) per answer."""
-        offered = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
-        if not api_key_ok(service.settings.api_key, offered):
+        offered = offered_api_key(dict(websocket.scope["headers"]))
+        if offered is None and "api_key" in websocket.query_params:  # browsers cannot set headers here
+            offered = websocket.query_params["api_key"].encode()
+        if not api_key_ok(service.api_key, offered):
             await websocket.close(code=1008, reason="missing or wrong API key")
             return
         await websocket.accept()
@@ -276,6 +279,9 @@ async def _send_json(send, status: int, payload: dict) -> None:
 
 def create_app(settings: ServerSettings | None = None, on_fatal: Callable[[], None] | None = None) -> Om2pApp:
     settings = settings or ServerSettings()
+    problem = settings.exposure_problem()  # `om2p serve` says it first; this guards other launchers
+    if problem is not None:
+        raise ValueError(problem)
     return Om2pApp(PolicyService(settings, ServerMetrics()), on_fatal)
 
 

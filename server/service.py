@@ -46,6 +46,8 @@ class ActResult:
 class PolicyService:
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
         self.settings = settings
+        # Compared as bytes (server.act.api_key_ok): the UTF-8 a client sends for a non-ASCII key.
+        self.api_key = settings.api_key.encode() if settings.api_key is not None else None
         self.metrics = metrics or ServerMetrics()
         self.runtime: ModelRuntime | None = None
         self.draining = False
@@ -141,8 +143,13 @@ class PolicyService:
             if self.settings.backend != "torch":
                 try:
                     path = resolve_version_dir(path)
-                except ValueError as error:
-                    raise ReloadFailed(str(error)) from None
+                except ValueError:
+                    # Not the resolver's message: it lists the directory's entries, and this answer goes
+                    # over HTTP (`"model": "/"` would list the root).
+                    raise ReloadFailed(
+                        f"model {str(path)!r}: not a model version directory (with manifest.json), a model "
+                        "directory with numeric versions, or a repository with one model"
+                    ) from None
                 if not force and old is not None and path.resolve() == Path(old.spec.source).resolve():
                     return {
                         "reloaded": False,

@@ -142,6 +142,8 @@ def test_cpu_image_is_slim_non_root_without_torch_and_checks_health() -> None:
     assert "OM2P_HOST=0.0.0.0" in env and "OM2P_PORT=8000" in env  # matches EXPOSE and the k8s port
     # The same keep-alive as the Kubernetes Deployment: longer than a load balancer's 60 s idle timeout.
     assert "OM2P_KEEP_ALIVE_S=75" in env
+    # 0.0.0.0 and no key: om2p serve would refuse an open /admin, so the image starts without it.
+    assert "OM2P_ADMIN=false" in env
     assert ("EXPOSE", "8000") in steps
 
 
