@@ -31,7 +31,7 @@ from server.schemas import (
     ReloadRequest,
     ReloadResponse,
 )
-from server.service import PolicyService, ReloadFailed, error_status
+from server.service import PolicyService, ReloadFailed, ServiceUnavailable, error_status
 from server.settings import ServerSettings
 from server.v2 import v2_router
 from server.validation import DECODE_IN_THREAD_BYTES, InvalidRequest
@@ -230,9 +230,15 @@ class Om2pApp:
         self.service = service
         self.fastapi = create_fastapi(service, on_fatal)
         self.act = ActEndpoint(service)
+        self._admitted = 0  # see shed()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
+            if scope["method"] == "POST" and (refusal := self.service.shed()) is not None:
+                path = scope["path"]
+                if path == "/act" or (path.startswith("/v2/models/") and path.endswith("/infer")):
+                    await self._refuse(refusal, send)
+                    return
             if scope["path"] == "/act" and scope["method"] == "POST":
                 await self.act(scope, receive, send)  # enforces the body limit itself, on the hot path
                 return
@@ -245,6 +251,66 @@ class Om2pApp:
                 )
                 return
         await self.fastapi(scope, receive, send)
+
+    def shed(self, path: bytes) -> bytes | None:
+        """For `server.protocols`: the whole HTTP 503 response for a POST that must be refused now, decided
+        from its path and the queue depth before anything else is done with the request, or None.
+
+        Requests admitted here reach the queue only when their ASGI tasks run, in the loop's next round;
+        until then they are counted as one row each, so that one round's arrivals cannot all be admitted
+        into a queue that has room for a few (they would each be parsed, then refused)."""
+        if path != b"/act" and not (path.startswith(b"/v2/models/") and path.endswith(b"/infer")):
+            return None
+        service = self.service
+        runtime = service.runtime
+        if runtime is None or runtime.batcher is None:
+            return None  # loading: the request path says so
+        batcher = runtime.batcher
+        if batcher.queued_rows + self._admitted < batcher.max_queue_rows and not batcher.full():
+            self._admitted += 1
+            if self._admitted == 1:
+                asyncio.get_running_loop().call_soon(self._new_round)
+            return None
+        refusal = service.shed() or ServiceUnavailable(
+            f"queue full ({batcher.queued_rows} of {batcher.max_queue_rows} rows waiting); retry later",
+            batcher.retry_after_s(),
+        )
+        _, outcome, headers, message = error_status(refusal)
+        service.record_failure(time.perf_counter())
+        service.metrics.by_outcome[outcome].inc()
+        body = orjson.dumps({"error": message, "field": None})
+        return (
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: "
+            + headers["retry-after"].encode()
+            + b"\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+
+    def _new_round(self) -> None:
+        # Runs before the tasks admitted last round (FIFO), which then queue their rows at once.
+        self._admitted = 0
+
+    async def _refuse(self, refusal: ServiceUnavailable, send) -> None:
+        """503 + Retry-After without reading the body (uvicorn discards what the client still sends, and
+        keeps the connection)."""
+        status, outcome, headers, message = error_status(refusal)
+        self.service.record_failure(time.perf_counter())
+        self.service.metrics.by_outcome[outcome].inc()
+        body = orjson.dumps({"error": message, "field": None})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", headers["retry-after"].encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     @property
     def max_body(self) -> int:

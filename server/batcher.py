@@ -199,8 +199,7 @@ class DynamicBatcher:
         if not 1 <= rows <= self.max_batch_rows:
             raise ValueError(f"a request holds 1 to {self.max_batch_rows} rows, got {rows}")
         if self.queued_rows + rows > self.max_queue_rows:
-            retry = max(1.0, self.queued_rows * self._seconds_per_row)
-            raise QueueFull(self.queued_rows, self.max_queue_rows, retry)
+            raise QueueFull(self.queued_rows, self.max_queue_rows, self.retry_after_s())
         loop = asyncio.get_running_loop()
         pending = PendingRequest(obs, noise, deadline, self.clock.now(), loop.create_future())
         self._queue.append(pending)
@@ -209,6 +208,14 @@ class DynamicBatcher:
             self._task = loop.create_task(self._dispatch(), name="om2p-batcher")
         self._arrival.set()
         return pending
+
+    def full(self) -> bool:
+        """No room for even one more row: what the web layer checks before reading a request's body."""
+        return self.queued_rows >= self.max_queue_rows or self._closing
+
+    def retry_after_s(self) -> float:
+        """About the time the queue needs to drain, from the last batch's cost per row (at least 1 s)."""
+        return max(1.0, self.queued_rows * self._seconds_per_row)
 
     def expected_wait_s(self) -> float:
         """Rough wait of a request queued now: the batch computing, the queued rows at the last batch's

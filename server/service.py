@@ -233,6 +233,21 @@ class PolicyService:
             )
         return runtime
 
+    def shed(self) -> ServiceUnavailable | None:
+        """The refusal for a request that arrives now, decided from the queue depth alone, or None. Called
+        before the body is read or parsed: under overload a refusal must cost far less than an answer, or
+        refusing eats the capacity that the accepted requests need (issue #18: 50x collapse otherwise)."""
+        runtime = self.runtime
+        if runtime is None or runtime.batcher is None or not runtime.batcher.full():
+            return None
+        batcher = runtime.batcher
+        if batcher._closing:
+            return ServiceUnavailable("the model is shutting down")
+        return ServiceUnavailable(
+            f"queue full ({batcher.queued_rows} of {batcher.max_queue_rows} rows waiting); retry later",
+            batcher.retry_after_s(),
+        )
+
     def submit(self, runtime: ModelRuntime, obs: np.ndarray, options: ActOptions):
         """Synchronous (no await between validation against `runtime.spec` and queuing on its batcher)."""
         if options.deterministic:
