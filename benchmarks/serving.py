@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from clients.loadgen import run_load
-from server.testing import REPOSITORY_ROOT, ServerProcess, free_port, write_synthetic_repository
+from server.process import REPOSITORY_ROOT, ServerProcess, free_port
+from server.synthetic import write_synthetic_repository
 
 CLIENTS = 64
 N_AGENTS, OBS_DIM = 3, 18
@@ -138,11 +139,9 @@ def wrk(url: str, duration_s: float, clients: int = CLIENTS) -> dict | None:
 
 def raw_onnx_call_us(model: Path, calls: int = 2000) -> float:
     """Median of single-row ONNX Runtime calls on the served model, the floor of `/act`'s latency."""
-    import onnxruntime as ort
+    from export.session import open_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    session = open_session(model / "model.onnx")
     obs = np.zeros((1, N_AGENTS, OBS_DIM), np.float32)
     noise = np.zeros((1, N_AGENTS, 5), np.float32)
     times = []

@@ -43,19 +43,15 @@ class ControlReport:
 
 def onnx_policy(model_path: Path | str):
     """Deterministic (zero-noise) in-process policy: `obs [B, N, obs_dim] -> actions [B, N, act_dim]`."""
-    import onnxruntime as ort
-
     from export.manifest import load_manifest, resolve_version_dir
+    from export.session import open_session
 
     version_dir = resolve_version_dir(Path(model_path))
     manifest = load_manifest(version_dir)
-    onnx_file = next((f for f in manifest.files if f.format == "onnx" and f.precision == "fp32"), None)
+    onnx_file = manifest.file("onnx", "fp32")
     if onnx_file is None:
         raise ValueError(f"{version_dir / 'manifest.json'}: files: no fp32 ONNX model listed")
-    path = version_dir / onnx_file.path
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(version_dir / onnx_file.path)
     act_dim = manifest.act_dim
 
     def act(observations: np.ndarray) -> np.ndarray:

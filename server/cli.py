@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 
 from om2p.errors import CommandError
+from server.limits import MAX_HEADER_BYTES
 from server.settings import ServerSettings
 
 DESCRIPTION = """Serve a policy over HTTP: POST /act (JSON, msgpack, float32 octet-stream), WebSocket
@@ -127,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         backlog=4096,
         ws_max_size=settings.max_body_bytes,
         ws=protocols.Utf8CheckingWebSocketProtocol,
-        h11_max_incomplete_event_size=protocols.MAX_HEADER_BYTES,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         log_config=_log_config(settings.log_level),
         # Per-request work nobody reads: client address rewriting and the Server header.
         proxy_headers=False,

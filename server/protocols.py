@@ -21,7 +21,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-MAX_HEADER_BYTES = 16 * 1024  # h11's default; browsers and proxies send well under 8 KiB
+from server.limits import MAX_HEADER_BYTES
 
 
 class HeadersTooLarge(Exception):

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from server.limits import MAX_REQUEST_ID_CHARS, MAX_SEED
+
 JointObservation = list[list[float]]  # [n_agents][obs_dim]
 JointAction = list[list[float]]  # [n_agents][act_dim]
 
@@ -16,8 +18,12 @@ class ActRequest(BaseModel):
         examples=[[[0.0] * 4, [0.0] * 4]],
     )
     deterministic: bool = Field(False, description="zero noise: the policy's mean action")
-    seed: int | None = Field(None, ge=0, description="seeds this request's noise (reproducible actions)")
-    request_id: str | None = Field(None, max_length=256, description="echoed in the response")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="seeds this request's noise (reproducible actions)"
+    )
+    request_id: str | None = Field(
+        None, max_length=MAX_REQUEST_ID_CHARS, description="echoed in the response"
+    )
 
 
 class Timing(BaseModel):
@@ -94,7 +100,7 @@ class V2RequestedOutput(BaseModel):
 
 
 class V2InferRequest(BaseModel):
-    id: str | None = Field(None, max_length=256)
+    id: str | None = Field(None, max_length=MAX_REQUEST_ID_CHARS)
     parameters: dict[str, Any] | None = Field(None, description="om2p: deterministic (bool), seed (int)")
     inputs: list[V2Tensor]
     outputs: list[V2RequestedOutput] | None = None

@@ -8,18 +8,17 @@ import contextlib
 import gc
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from export.manifest import resolve_version_dir
-from server.batcher import ZERO_NOISE, BatcherClosed, BatchStats, DeadlineExceeded, QueueFull, Timing
+from server.batcher import ZERO_NOISE, BatcherClosed, BatchStats, QueueFull, Timing
 from server.metrics import ServerMetrics
 from server.runtime import ModelRuntime
 from server.settings import ServerSettings
 from server.stats import ModelStats
-from server.validation import ActOptions, InvalidRequest
+from server.validation import ActOptions
 
 log = logging.getLogger("om2p.server")
 
@@ -34,13 +33,6 @@ class ServiceUnavailable(Exception):
 
 class ReloadFailed(Exception):
     pass
-
-
-@dataclass(slots=True)
-class ActResult:
-    actions: np.ndarray  # [rows, N, act_dim]
-    timing: Timing
-    runtime: ModelRuntime
 
 
 class PolicyService:
@@ -69,6 +61,7 @@ class PolicyService:
         self._observe_queue = metrics.queue_wait.observe
         self._observe_compute = metrics.compute.observe
         self._observe_rows = metrics.batch_rows.observe
+        self._by_protocol, self._by_outcome = metrics.by_protocol, metrics.by_outcome
 
     # --- life cycle ---
 
@@ -225,6 +218,12 @@ class PolicyService:
         if self.runtime is not None:
             self.stats_for(self.runtime).failed(time.perf_counter() - started)
 
+    def observe(self, protocol: str | None, outcome: str, started: float) -> None:
+        """Prometheus: one request's outcome and (with a protocol) its duration."""
+        if protocol is not None:
+            self._by_protocol[protocol].observe(time.perf_counter() - started)
+        self._by_outcome[outcome].inc()
+
     def current(self) -> ModelRuntime:
         runtime = self.runtime
         if runtime is None:
@@ -265,25 +264,3 @@ class PolicyService:
             raise ServiceUnavailable(str(error), error.retry_after_s) from None
         except BatcherClosed as error:
             raise ServiceUnavailable(str(error)) from None
-
-    async def act(self, obs: np.ndarray, options: ActOptions, runtime: ModelRuntime) -> ActResult:
-        pending = self.submit(runtime, obs, options)
-        try:
-            actions, timing = await pending.future
-        except asyncio.CancelledError:
-            pending.cancel()
-            raise
-        return ActResult(actions, timing, runtime)
-
-
-def error_status(error: BaseException) -> tuple[int, str, dict, str]:
-    """(status, outcome label, extra headers, message) for any failure of an action request."""
-    if isinstance(error, InvalidRequest):
-        return error.status, "invalid", {}, error.message
-    if isinstance(error, ServiceUnavailable):
-        return 503, "rejected", {"retry-after": str(max(1, round(error.retry_after_s)))}, str(error)
-    if isinstance(error, DeadlineExceeded):
-        return 504, "timeout", {}, "deadline exceeded: the server is overloaded; retry with backoff"
-    if isinstance(error, BatcherClosed):
-        return 503, "rejected", {"retry-after": "1"}, str(error)
-    return 500, "error", {}, f"internal error: {type(error).__name__}: {error}"

@@ -15,11 +15,11 @@ import numpy as np
 import orjson
 
 from server.backends import ModelSpec
+from server.limits import MAX_REQUEST_ID_CHARS, MAX_SEED
 
 # np.errstate around the cast costs more than the rest of the validation; silence just this warning here.
 warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
 
-MAX_REQUEST_ID_CHARS = 256  # request_id, X-Request-Id and the v2 id alike
 # Decoding JSON (or msgpack) this large takes milliseconds: a thread keeps the event loop serving meanwhile.
 DECODE_IN_THREAD_BYTES = 1 << 20
 
@@ -113,7 +113,9 @@ def options_from(body: dict, prefix: str = "") -> ActOptions:
     if not isinstance(deterministic, bool):
         raise InvalidRequest(422, f"{prefix}deterministic: expected true or false", f"{prefix}deterministic")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
+    ):
         raise InvalidRequest(422, f"{prefix}seed: expected an integer in [0, 2^63) or null", f"{prefix}seed")
     request_id = body.get("request_id")
     if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS):
@@ -234,7 +236,7 @@ def header_seed(value: str | None) -> int | None:
         seed = int(value)
     except ValueError:
         raise InvalidRequest(400, f"X-Seed: expected an integer, got {value!r}", "X-Seed") from None
-    if not 0 <= seed < 2**63:
+    if not 0 <= seed <= MAX_SEED:
         raise InvalidRequest(422, "X-Seed: expected an integer in [0, 2^63)", "X-Seed")
     return seed
 
@@ -246,7 +248,7 @@ def header_seed(value: str | None) -> int | None:
 class V2Request:
     id: str | None
     parameters: dict
-    obs: np.ndarray  # float32 [rows, N, obs_dim]
+    values: np.ndarray  # shaped as sent; `observations_array` validates the values on the request path
     shape: list[int]  # as sent: [N, obs_dim] or [batch, N, obs_dim]
     binary_output: bool  # answer `actions` as raw float32 after the JSON header
 
@@ -287,7 +289,7 @@ def parse_v2_request(header: bytes, binary: bytes, spec: ModelSpec, max_rows: in
     names = [tensor.get("name") for tensor in inputs]
     if names != ["obs"]:
         raise InvalidRequest(422, f"inputs: expected one input named 'obs', got {names}", "inputs")
-    obs, shape = _v2_obs(inputs[0], binary, spec, max_rows)
+    values, shape = _v2_obs(inputs[0], binary, spec, max_rows)
     binary_output = parameters.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise InvalidRequest(
@@ -317,7 +319,7 @@ def parse_v2_request(header: bytes, binary: bytes, spec: ModelSpec, max_rows: in
                     "outputs.actions.parameters.binary_data",
                 )
             binary_output = flag
-    return V2Request(request_id, parameters, obs, shape, binary_output)
+    return V2Request(request_id, parameters, values, shape, binary_output)
 
 
 def _v2_obs(tensor: dict, binary: bytes, spec: ModelSpec, max_rows: int) -> tuple[np.ndarray, list[int]]:
@@ -379,5 +381,4 @@ def _v2_obs(tensor: dict, binary: bytes, spec: ModelSpec, max_rows: int) -> tupl
                 f"inputs.obs.data: {values.size} values, shape {shape} needs {needed // 4}",
                 "inputs.obs.data",
             )
-    obs, _ = observations_array(values.reshape(shape), spec, max_rows, field="inputs.obs.data")
-    return obs, shape
+    return values.reshape(shape), shape

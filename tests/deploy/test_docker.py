@@ -220,7 +220,7 @@ def entrypoint():
 
 def test_registered_engine_is_verified_by_the_manifest_and_not_rebuilt(entrypoint, tmp_path: Path) -> None:
     from export.manifest import ManifestError, ParityRecord, TensorRTInfo, load_manifest
-    from server.testing import write_synthetic_repository
+    from server.synthetic import write_synthetic_repository
 
     version_dir = write_synthetic_repository(tmp_path, hidden=(8,))
     engine = version_dir / entrypoint.ENGINE_FILENAMES["fp32"]
@@ -257,7 +257,7 @@ def test_engine_build_on_a_gpu(entrypoint, tmp_path: Path) -> None:
     if reason is not None:
         pytest.skip(f"TensorRT engine build needs an NVIDIA GPU: {reason}")
     from export.manifest import load_manifest
-    from server.testing import write_synthetic_repository
+    from server.synthetic import write_synthetic_repository
 
     write_synthetic_repository(tmp_path, hidden=(16,))
     engine = entrypoint.ensure_engine(tmp_path, fp16=False)

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.testing import ServerProcess, write_synthetic_repository
+from server.process import ServerProcess
+from server.synthetic import write_synthetic_repository
 
 ONE = {"observations": [[0.1] * 18] * 3, "deterministic": True}
 CLIENTS = 32
@@ -25,15 +26,16 @@ def slow_model(tmp_path_factory) -> Path:
     return write_synthetic_repository(tmp_path_factory.mktemp("slow"), hidden=(1024, 1024, 1024))
 
 
-async def flood(url: str, seconds: float) -> list[tuple[int, float, str | None]]:
-    """CLIENTS closed-loop clients for `seconds`: (status, latency s, Retry-After) per answer."""
+async def flood(url: str, seconds: float, done: asyncio.Event) -> list[tuple[int, float, str | None]]:
+    """CLIENTS closed-loop clients for at least `seconds` and until `done`: (status, latency s, Retry-After)
+    per answer."""
     answers: list[tuple[int, float, str | None]] = []
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
         stop = time.monotonic() + seconds
 
         async def client() -> None:
-            while time.monotonic() < stop:
+            while time.monotonic() < stop or not done.is_set():
                 started = time.perf_counter()
                 answer = await http.post("/act", json=ONE)
                 answers.append(
@@ -52,7 +54,7 @@ def refused_without_body(port: int, attempts: int = 40) -> bool:
     )
     for _ in range(attempts):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.settimeout(0.5)
+            sock.settimeout(0.3)
             sock.sendall(request)
             try:
                 head = sock.recv(4096)
@@ -69,9 +71,11 @@ def test_refusals_come_before_the_body_are_fast_and_accepted_requests_flow(slow_
         server.start()
 
         async def scenario() -> tuple[list, bool]:
-            flooding = asyncio.ensure_future(flood(server.url, 3.0))
+            done = asyncio.Event()
+            flooding = asyncio.ensure_future(flood(server.url, 3.0, done))
             await asyncio.sleep(0.5)  # the queue is full from here on
             early = await asyncio.to_thread(refused_without_body, server.port)
+            done.set()
             return await flooding, early
 
         answers, early = asyncio.run(scenario())

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from server.testing import REPOSITORY_ROOT, ServerProcess
+from server.process import REPOSITORY_ROOT, ServerProcess
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.process import REPOSITORY_ROOT, ServerProcess
 from server.settings import ServerSettings
-from server.testing import REPOSITORY_ROOT, ServerProcess
 
 KEY = "clé-ключ-鍵"  # non-ASCII on purpose: clients send its UTF-8 bytes
 OBS = {"observations": [[0.1] * 18] * 3, "deterministic": True}
