@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,6 +28,7 @@ from server.routes.act import act_router
 from server.routes.admin import admin_router
 from server.routes.health import health_router
 from server.routes.v2 import v2_router
+from server.schemas import shape_openapi
 from server.service import PolicyService
 from server.settings import ServerSettings
 from server.validation import InvalidRequest
@@ -83,11 +85,37 @@ def create_fastapi(service: PolicyService, on_fatal: Callable[[], None] | None =
     app.include_router(v2_router(service))
     if settings.admin:
         app.include_router(admin_router(service, api_key_dependency(service)))
+    _serve_shaped_openapi(app, service)
     if importlib.util.find_spec("server.dashboard") is not None:
         from server.dashboard import router as dashboard_router
 
         app.include_router(dashboard_router)
     return app
+
+
+def _serve_shaped_openapi(app: FastAPI, service: PolicyService) -> None:
+    """/openapi.json with the served model's shapes (`server.schemas.shape_openapi`), rebuilt when a reload
+    changes them; before the model is loaded, FastAPI's schema as declared."""
+    cached: dict = {}
+
+    def openapi() -> dict:
+        runtime = service.runtime
+        spec = runtime.spec if runtime is not None else None
+        key = None if spec is None else (spec.name, spec.n_agents, spec.obs_dim, spec.act_dim)
+        if "schema" not in cached or cached["key"] != key:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            if spec is not None:
+                schema = shape_openapi(schema, spec, service.settings.max_batch_rows)
+            cached.update(schema=schema, key=key)
+        return cached["schema"]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class Om2pApp:

@@ -18,11 +18,7 @@ def admin_router(service: PolicyService, require_api_key: Callable) -> APIRouter
     @router.post(
         "/reload",
         response_model=ReloadResponse,
-        responses={
-            401: {"model": ErrorResponse},
-            409: {"model": ErrorResponse},
-            422: {"model": ErrorResponse},
-        },
+        responses={status: {"model": ErrorResponse} for status in (400, 401, 409, 413, 422)},
     )
     async def reload(request: ReloadRequest | None = None) -> JSONResponse:
         """Load the newest version (or `model`), check it and warm it up, then swap without dropping

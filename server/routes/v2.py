@@ -38,16 +38,17 @@ INFER_BODY = {
             "application/json": {
                 "schema": {
                     "type": "object",
-                    "description": "id, parameters (deterministic, seed, binary_data_output), inputs, outputs",
+                    "description": "id, parameters (deterministic, seed, binary_data_output), inputs, outputs "
+                    "(the served model's shapes appear here once it is loaded)",
                 }
-            },
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "binary tensor extension: JSON header, then raw tensors",
             },
         },
     }
 }
+
+
+# A model name (or version) not served, and no model loaded yet (or draining, for /ready).
+MODEL_ERRORS = {404: ERRORS[422], 503: ERRORS[503]}
 
 
 def v2_router(service: PolicyService) -> APIRouter:
@@ -74,7 +75,7 @@ def v2_router(service: PolicyService) -> APIRouter:
     async def live() -> dict:
         return {"live": True}
 
-    @router.get("/health/ready")
+    @router.get("/health/ready", responses={503: {"description": "not ready"}})
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": service.ready}, 200 if service.ready else 503)
 
@@ -96,7 +97,7 @@ def v2_router(service: PolicyService) -> APIRouter:
     async def all_stats() -> dict:
         return {"model_stats": [stats.as_dict() for stats in service.stats.values()]}
 
-    @router.get("/models/{model_name}/stats", summary="Triton's statistics extension")
+    @router.get("/models/{model_name}/stats", summary="Triton's statistics extension", responses=MODEL_ERRORS)
     @router.get("/models/{model_name}/versions/{model_version}/stats", include_in_schema=False)
     async def model_stats(model_name: str, model_version: str | None = None) -> dict:
         model_or_404(model_name)
@@ -109,7 +110,7 @@ def v2_router(service: PolicyService) -> APIRouter:
             raise InvalidRequest(404, f"model version {model_version!r} not found", "model_version")
         return {"model_stats": versions}
 
-    @router.get("/models/{model_name}", response_model=V2ModelMetadata)
+    @router.get("/models/{model_name}", response_model=V2ModelMetadata, responses=MODEL_ERRORS)
     @router.get("/models/{model_name}/versions/{model_version}", include_in_schema=False)
     async def metadata(model_name: str, model_version: str | None = None) -> dict:
         spec = model_or_404(model_name, model_version).spec
@@ -121,13 +122,13 @@ def v2_router(service: PolicyService) -> APIRouter:
             "outputs": [{"name": "actions", "datatype": "FP32", "shape": [-1, spec.n_agents, spec.act_dim]}],
         }
 
-    @router.get("/models/{model_name}/ready")
+    @router.get("/models/{model_name}/ready", responses=MODEL_ERRORS)
     @router.get("/models/{model_name}/versions/{model_version}/ready", include_in_schema=False)
     async def model_ready(model_name: str, model_version: str | None = None) -> JSONResponse:
         model_or_404(model_name, model_version)
         return JSONResponse({"name": model_name, "ready": service.ready}, 200 if service.ready else 503)
 
-    @router.get("/models/{model_name}/config")
+    @router.get("/models/{model_name}/config", responses=MODEL_ERRORS)
     @router.get("/models/{model_name}/versions/{model_version}/config", include_in_schema=False)
     async def config(model_name: str, model_version: str | None = None) -> dict:
         """Triton's model configuration, for tools that read `max_batch_size`, `input`, `output`."""
