@@ -58,9 +58,9 @@ class PolicyService:
         )
         if not metrics.multiprocess:
             metrics.inflight.set_function(lambda: self.inflight)
-        self._observe_queue = metrics.queue_wait.observe
-        self._observe_compute = metrics.compute.observe
-        self._observe_rows = metrics.batch_rows.observe
+        self._observe_queue = metrics.observe_queue_wait
+        self._observe_compute = metrics.observe_compute
+        self._observe_rows = metrics.observe_batch_rows
         self._by_protocol, self._by_outcome = metrics.by_protocol, metrics.by_outcome
 
     # --- life cycle ---
@@ -93,8 +93,7 @@ class PolicyService:
         loop = asyncio.get_running_loop()
         if self.settings.watch_interval_s > 0:
             self._watch_task = loop.create_task(self._watch())
-        if self.metrics.multiprocess:
-            self._gauge_task = loop.create_task(self._publish_gauges())
+        self._gauge_task = loop.create_task(self._publish_gauges())
 
     def _install(self, runtime: ModelRuntime) -> None:
         stats = self.stats_for(runtime)
@@ -185,12 +184,16 @@ class PolicyService:
                         log.error("watched reload failed: %s", error)
 
     async def _publish_gauges(self) -> None:
-        """Multiprocess mode: gauges live in per-process files and cannot be read at scrape time, so this
-        worker writes its in-flight count and queue depth a few times a second (the hot path stays free)."""
+        """A few times a second: hand deferred samples to prometheus_client (bounding their memory), and in
+        multiprocess mode, where gauges live in per-process files and cannot be read at scrape time, write
+        this worker's in-flight count and queue depth (the hot path stays free of both)."""
+        metrics = self.metrics
         while True:
-            runtime = self.runtime
-            self.metrics.inflight.set(self.inflight)
-            self.metrics.queue_rows.set(runtime.batcher.queued_rows if runtime and runtime.batcher else 0)
+            metrics.flush()
+            if metrics.multiprocess:
+                runtime = self.runtime
+                metrics.inflight.set(self.inflight)
+                metrics.queue_rows.set(runtime.batcher.queued_rows if runtime and runtime.batcher else 0)
             await asyncio.sleep(0.25)
 
     # --- requests ---
@@ -247,16 +250,26 @@ class PolicyService:
             batcher.retry_after_s(),
         )
 
-    def submit(self, runtime: ModelRuntime, obs: np.ndarray, options: ActOptions):
-        """Synchronous (no await between validation against `runtime.spec` and queuing on its batcher)."""
+    @staticmethod
+    def _noise(runtime: ModelRuntime, obs: np.ndarray, options: ActOptions) -> np.ndarray | str | None:
         if options.deterministic:
-            noise = ZERO_NOISE
-        elif options.seed is not None:
-            noise = np.random.default_rng(options.seed).standard_normal(
+            return ZERO_NOISE
+        if options.seed is not None:
+            return np.random.default_rng(options.seed).standard_normal(
                 (obs.shape[0], runtime.spec.n_agents, runtime.spec.act_dim), dtype=np.float32
             )
-        else:
-            noise = None
+        return None  # the batcher draws fresh Gaussian noise
+
+    def run_now(self, runtime: ModelRuntime, obs: np.ndarray, options: ActOptions) -> tuple | None:
+        """`(actions, Timing)` computed at once when this is the only request in flight and the batcher is
+        idle (see `DynamicBatcher.run_now`), else None."""
+        if self.inflight != 1 or runtime.batcher is None:
+            return None
+        return runtime.batcher.run_now(obs, self._noise(runtime, obs, options))
+
+    def submit(self, runtime: ModelRuntime, obs: np.ndarray, options: ActOptions):
+        """Synchronous (no await between validation against `runtime.spec` and queuing on its batcher)."""
+        noise = self._noise(runtime, obs, options)
         assert runtime.batcher is not None
         try:
             return runtime.batcher.submit(obs, noise, time.monotonic() + self.timeout_s)
