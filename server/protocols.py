@@ -33,6 +33,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     a request's headers are still incomplete (what httptools buffers meanwhile)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._coalescing = _CoalescingTransport(transport)
         self._in_headers = False
         self._header_bytes = 0
         self._received_in_headers = 0
@@ -71,7 +72,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if response is not None:
                 self._answer_without_body(response)
                 return
-        super().on_headers_complete()
+        # The request cycle writes through a transport that sends the response head with the body's first
+        # write: one send() and one wake-up of the client per response instead of two.
+        transport, self.transport = self.transport, self._coalescing
+        try:
+            super().on_headers_complete()
+        finally:
+            self.transport = transport
 
     def _answer_without_body(self, response: bytes) -> None:
         keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
@@ -107,6 +114,38 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         self.transport.close()
+
+
+class _CoalescingTransport:
+    """What uvicorn's request cycle writes through: a write is held until the next one (the body after the
+    head) or, at the latest, the end of the event loop's current round; everything else passes through."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport, self._held, self._loop = transport, None, asyncio.get_event_loop()
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        self._held = None
+        self._transport.write(held + data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
 
 
 class _AnsweredCycle:
