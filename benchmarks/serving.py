@@ -177,6 +177,8 @@ def run(work_dir: Path, bundled: Path | None, duration_s: float = 3.0) -> dict:
                     results[app] = {
                         "ours": closed(url, duration_s, binary=False),
                         "wrk": wrk(url, duration_s),
+                        # the denominator of /act's one-connection p50 target
+                        "wrk_one_connection": wrk(url, duration_s, clients=1),
                     }
         elif step.startswith("batching"):
             name = step.split()[1]
@@ -215,4 +217,8 @@ def run(work_dir: Path, bundled: Path | None, duration_s: float = 3.0) -> dict:
     wrk_act, wrk_raw = results["protocols"]["wrk_json"], results["raw_app"]["wrk"]
     if wrk_act and wrk_raw and wrk_act["throughput_rps"] and wrk_raw["throughput_rps"]:
         results["act_vs_raw_asgi_wrk"] = ratio(wrk_act["throughput_rps"], wrk_raw["throughput_rps"])
+    # Target: /act's p50 on one connection at most 3x the raw ASGI constant's, measured in this run.
+    act_one, raw_one = results["overhead"]["wrk_one_connection"], results["raw_app"]["wrk_one_connection"]
+    if act_one and raw_one and act_one["p50_ms"] and raw_one["p50_ms"]:
+        results["act_p50_vs_raw_asgi_one_connection"] = ratio(act_one["p50_ms"], raw_one["p50_ms"])
     return results
