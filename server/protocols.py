@@ -80,6 +80,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         finally:
             self.transport = transport
 
+    def on_response_complete(self) -> None:
+        self._coalescing.flush()  # nothing of a finished response may wait past it (e.g. a bodiless 204)
+        super().on_response_complete()
+
     def _answer_without_body(self, response: bytes) -> None:
         keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
         self.cycle = _ANSWERED  # httptools still parses this request's body; on_body drops it
