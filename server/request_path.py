@@ -75,17 +75,19 @@ async def serve(
         decoded = decode()
         if not isinstance(decoded, Decoded):
             decoded = await decoded
+        current = service.runtime
+        alone = service.inflight == 1 and current is not None and current.batcher is not None
+        if alone and current.batcher.idle():
+            # Alone, as far as this task knows. One round of the loop lets requests that arrived with it
+            # start (and count themselves in flight): then they batch together instead of going one by one.
+            await asyncio.sleep(0)
+        # No await from here to queuing: a reload cannot swap the model between validation and batcher.
         runtime = service.current()
         spec = runtime.spec
         obs, batched = observations_array(
             decoded.observations, spec, service.settings.max_batch_rows, decoded.field
         )
-        result = None
-        if service.inflight == 1 and runtime.batcher is not None and runtime.batcher.idle():
-            # Alone, as far as this task knows. One round of the loop lets requests that arrived with it
-            # start (and count themselves in flight): then they batch together instead of going one by one.
-            await asyncio.sleep(0)
-            result = service.run_now(runtime, obs, decoded.options)
+        result = service.run_now(runtime, obs, decoded.options) if alone else None
         if result is None:
             pending = service.submit(runtime, obs, decoded.options)
             result = await _await_watching(runtime.batcher, pending, receive)
