@@ -46,15 +46,13 @@ def _policy(algo: str, overrides: dict):
 
 
 def run(work_dir: Path, budget_s: float = 0.4) -> list[dict]:
-    import onnxruntime as ort
     import torch
     from tqdm import tqdm
 
     from export.onnx_graph import export_onnx
+    from export.session import open_session
 
     torch.set_num_threads(1)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
     work_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     rng = np.random.default_rng(0)
@@ -63,7 +61,7 @@ def run(work_dir: Path, budget_s: float = 0.4) -> list[dict]:
         path = work_dir / f"{algo}-{policy.sampler.evaluations_per_action()}.onnx"
         # The TorchScript tracer: a 200-step unrolled chain takes minutes through the dynamo exporter.
         export_onnx(policy, path, spec.n_agents, spec.obs_dim, spec.act_dim, exporter="torchscript")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = open_session(path)
         steps = policy.sampler.evaluations_per_action()
         for batch in BATCHES:
             obs = rng.normal(size=(batch, spec.n_agents, spec.obs_dim)).astype(np.float32)

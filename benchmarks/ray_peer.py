@@ -34,7 +34,7 @@ import numpy as np
 from benchmarks.serving import CLIENTS, N_AGENTS, OBS_DIM, closed, om2p_server, ratio
 from clients.loadgen import run_load
 from export.manifest import resolve_version_dir
-from server.testing import REPOSITORY_ROOT, free_port
+from server.process import REPOSITORY_ROOT, free_port
 
 VENV = REPOSITORY_ROOT / "benchmarks" / ".ray-venv"
 APP = Path(__file__).resolve().with_name("ray_app.py")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.loadgen import ConnectionPool, LoadResult, model_observations, run_load
-from server.testing import ServerProcess
+from server.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "server" / "bundled" / "cooperative_navigation"

@@ -34,11 +34,28 @@ class ActResult:
     attempts: int = 1
 
 
+# Transport failures worth another try: the connection was refused, dropped, or closed under the request.
+RETRY_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)
+
+
 @dataclass
 class RetryPolicy:
+    """When to try again, shared by `Om2pClient` and `AsyncOm2pClient` (they differ only in how they wait)."""
+
     attempts: int = 4  # total tries, the first included
     backoff_s: float = 0.05  # doubled per retry, with jitter; a Retry-After header is honoured up to max
     max_backoff_s: float = 2.0
+
+    def next_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
+        """Seconds to wait before try `attempt + 1` after try `attempt` (0-based) gave `response` (None: a
+        transport error), or None to stop: an answer that is not a 503, or no tries left."""
+        if attempt >= self.attempts - 1:
+            return None
+        if response is None:
+            return self.delay(attempt, None)
+        if response.status_code in RETRY_STATUSES:
+            return self.delay(attempt, response.headers.get("retry-after"))
+        return None
 
     def delay(self, attempt: int, retry_after: str | None) -> float:
         base = min(self.max_backoff_s, self.backoff_s * 2**attempt)
@@ -132,6 +149,12 @@ def error_from(response: httpx.Response) -> Om2pError:
     return Om2pError(f"HTTP {response.status_code}: {message}", response.status_code, field_name)
 
 
+def _finish(url: str, response: httpx.Response | None, failure: Exception | None, attempt: int) -> ActResult:
+    if response is None:
+        raise Om2pError(f"cannot reach {url}: {failure}") from failure
+    return decode_response(response, attempt + 1)
+
+
 class Om2pClient:
     """Blocking client. `Om2pClient(url).act(obs)` -> `ActResult`; `binary=True` sends float32 bytes."""
 
@@ -155,20 +178,18 @@ class Om2pClient:
         request_id: str | None = None,
     ) -> ActResult:
         request = encode_request(observations, self.binary, deterministic, seed, request_id)
-        for attempt in range(self.retry.attempts):
-            last = attempt == self.retry.attempts - 1
+        attempt = 0
+        while True:
+            failure: Exception | None = None
             try:
                 response = self._http.post("/act", content=request.content, headers=request.headers)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as error:
-                if last:
-                    raise Om2pError(f"cannot reach {self.url}: {error}") from error
-                time.sleep(self.retry.delay(attempt, None))
-                continue
-            if response.status_code in RETRY_STATUSES and not last:
-                time.sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
-                continue
-            return decode_response(response, attempt + 1)
-        raise AssertionError("unreachable")
+            except RETRY_ERRORS as error:
+                response, failure = None, error
+            delay = self.retry.next_delay(attempt, response)
+            if delay is None:
+                return _finish(self.url, response, failure, attempt)
+            time.sleep(delay)
+            attempt += 1
 
     def ready(self) -> bool:
         try:
@@ -217,20 +238,18 @@ class AsyncOm2pClient:
         request_id: str | None = None,
     ) -> ActResult:
         request = encode_request(observations, self.binary, deterministic, seed, request_id)
-        for attempt in range(self.retry.attempts):
-            last = attempt == self.retry.attempts - 1
+        attempt = 0
+        while True:
+            failure: Exception | None = None
             try:
                 response = await self._http.post("/act", content=request.content, headers=request.headers)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as error:
-                if last:
-                    raise Om2pError(f"cannot reach {self.url}: {error}") from error
-                await asyncio.sleep(self.retry.delay(attempt, None))
-                continue
-            if response.status_code in RETRY_STATUSES and not last:
-                await asyncio.sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
-                continue
-            return decode_response(response, attempt + 1)
-        raise AssertionError("unreachable")
+            except RETRY_ERRORS as error:
+                response, failure = None, error
+            delay = self.retry.next_delay(attempt, response)
+            if delay is None:
+                return _finish(self.url, response, failure, attempt)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.client import Om2pClient
+from clients.client import Om2pClient, Om2pError
+from om2p.errors import CommandError
 
 
 @dataclass
@@ -42,19 +43,15 @@ class ControlReport:
 
 def onnx_policy(model_path: Path | str):
     """Deterministic (zero-noise) in-process policy: `obs [B, N, obs_dim] -> actions [B, N, act_dim]`."""
-    import onnxruntime as ort
-
     from export.manifest import load_manifest, resolve_version_dir
+    from export.session import open_session
 
     version_dir = resolve_version_dir(Path(model_path))
     manifest = load_manifest(version_dir)
-    onnx_file = next((f for f in manifest.files if f.format == "onnx" and f.precision == "fp32"), None)
+    onnx_file = manifest.file("onnx", "fp32")
     if onnx_file is None:
         raise ValueError(f"{version_dir / 'manifest.json'}: files: no fp32 ONNX model listed")
-    path = version_dir / onnx_file.path
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(version_dir / onnx_file.path)
     act_dim = manifest.act_dim
 
     def act(observations: np.ndarray) -> np.ndarray:
@@ -65,11 +62,37 @@ def onnx_policy(model_path: Path | str):
     return act, manifest
 
 
-def served_model_source(url: str) -> Path | None:
-    with Om2pClient(url) as client:
-        models = client.models().get("models") or []
-    source = Path(models[0]["source"]) if models and models[0].get("source") else None
-    return source if source is not None and source.exists() else None
+def served_model(url: str) -> dict:
+    """The served model's description (`/v1/models`); one-line `CommandError`s when there is none."""
+    import httpx
+
+    try:
+        with Om2pClient(url) as client:
+            models = client.models().get("models") or []
+    except httpx.HTTPError as error:
+        raise CommandError(
+            f"--url {url}: cannot reach the server ({type(error).__name__}: {error})"
+        ) from None
+    except Om2pError as error:
+        raise CommandError(f"--url {url}: {error}") from None
+    if not models:
+        raise CommandError(f"--url {url}: the server has no model loaded yet (see {url}/readyz)")
+    return models[0]
+
+
+def check_environment(env: str, model: dict) -> None:
+    """The environment's dims must be the served model's, or every tick would be a 422."""
+    from training.envs import env_spec
+
+    spec = env_spec(env)  # an unknown name is a one-line ValueError
+    wanted = (spec.n_agents, spec.obs_dim, spec.act_dim)
+    served = (len(model["agents"]), model["obs_dim"], model["act_dim"])
+    if wanted != served:
+        raise CommandError(
+            f"--env {env}: {wanted[0]} agents, obs {wanted[1]}, act {wanted[2]}, but the server's model "
+            f"{model['name']!r} (env {model.get('env')!r}) takes {served[0]} agents, obs {served[1]}, "
+            f"act {served[2]}; pass the environment the model was trained on"
+        )
 
 
 def run_control(
@@ -84,6 +107,8 @@ def run_control(
 ) -> ControlReport:
     from training.envs import evaluate_policy
 
+    model_description = served_model(url)
+    check_environment(env, model_description)
     seeds = [seed + index for index in range(episodes)]
     latencies: list[float] = []
     if websocket:
@@ -101,12 +126,15 @@ def run_control(
 
     try:
         served_result = evaluate_policy(env, served, seeds, n_envs=n_envs)
+    except Om2pError as error:  # the server went away or refused a tick mid-run
+        raise CommandError(f"--url {url}: {error}") from None
     finally:
         remote.close()
     local_returns = None
     if compare:
-        model_path = Path(model) if model is not None else served_model_source(url)
-        if model_path is None:
+        source = model_description.get("source")
+        model_path = Path(model) if model is not None else Path(source) if source else None
+        if model_path is None or not model_path.exists():
             raise ValueError("--model: the served model's files are not on this machine; pass --model DIR")
         local, _ = onnx_policy(model_path)
         local_returns = [float(r) for r in evaluate_policy(env, local, seeds, n_envs=n_envs).returns]

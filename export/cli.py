@@ -63,7 +63,7 @@ def _export(args: argparse.Namespace) -> int:
 
         print(json.dumps(json_schema(), indent=2))
         return 0
-    from om2p.cli import CommandError
+    from om2p.errors import CommandError
 
     if (args.checkpoint is None) == (args.newest is None):
         raise CommandError("give a CHECKPOINT or --newest RUNS (exactly one)")

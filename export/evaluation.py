@@ -18,9 +18,9 @@ RETURN_RTOL, RETURN_ATOL = 1e-4, 1e-3
 
 def onnx_policy(onnx_path: Path | str, act_dim: int):
     """A deterministic numpy batch policy `[n_envs, N, obs_dim] -> [n_envs, N, act_dim]` on ONNX Runtime CPU."""
-    import onnxruntime
+    from export.session import open_session
 
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = open_session(onnx_path, threads=0)
 
     def act(observations: np.ndarray) -> np.ndarray:
         obs = np.ascontiguousarray(observations, dtype=np.float32)

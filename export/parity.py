@@ -135,14 +135,11 @@ def torch_runner(policy) -> Runner:
 def onnxruntime_runner(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0) -> Runner:
     """An ONNX Runtime session on `provider` (CPU, or CUDA where onnxruntime-gpu and a GPU exist);
     `threads` intra-op threads (0: onnxruntime's default, one per core)."""
-    import onnxruntime
+    from export.session import open_session
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # fp16 graphs log cast-placement notes; errors still raise
     # The CUDA provider may use TF32 for fp32 matmuls on Ampere and later; the fp32 bound needs true fp32.
     provider_options = {"use_tf32": "0"} if provider == "CUDAExecutionProvider" else {}
-    session = onnxruntime.InferenceSession(str(path), options, providers=[(provider, provider_options)])
+    session = open_session(path, threads=threads, providers=[(provider, provider_options)], quiet=True)
     if session.get_providers()[0] != provider:
         raise ExportError(f"{path.name}: onnxruntime did not place the graph on {provider}")
 

@@ -8,6 +8,8 @@ import importlib
 import json
 import sys
 
+from om2p.errors import CommandError
+
 # Each module exposes `register(subparsers)`; the order is the order of `om2p --help`.
 COMMAND_MODULES = (
     "training.data.cli",  # om2p data ...
@@ -24,10 +26,6 @@ DESCRIPTION = (
     "loop."
 )
 EPILOG = "Run `om2p COMMAND --help` for a command's options and their defaults."
-
-
-class CommandError(Exception):
-    """A user-facing error: printed as one line with exit code 2, never a traceback."""
 
 
 class _DefaultsShown(argparse.HelpFormatter):

@@ -37,7 +37,7 @@ def main() -> int:
 
     from clients.control import format_report, run_control
     from clients.loadgen import format_summary, model_observations, run_load
-    from server.testing import ServerProcess
+    from server.process import ServerProcess
 
     print(f"om2p demo: serving {version_dir} on loopback ...")
     server = ServerProcess(version_dir).start()

@@ -1,7 +1,8 @@
 """The web layer: FastAPI for the contract, the docs and the slow paths; a raw ASGI `POST /act` in front.
 
 `create_app(settings)` returns an ASGI app: `POST /act` goes straight to `server.act.ActEndpoint`,
-everything else (including lifespan) to the FastAPI app, which also declares `/act` for the schema.
+everything else (including lifespan) to the FastAPI app, whose routers live in `server.routes`. Every
+request for actions, whatever its protocol, runs through `server.request_path.serve`.
 """
 
 from __future__ import annotations
@@ -10,40 +11,29 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.act import ActEndpoint, act_from_json, api_key_ok, dumps, offered_api_key
-from server.metrics import METRICS_CONTENT_TYPE, ServerMetrics
-from server.schemas import (
-    ActRequest,
-    ActResponse,
-    ErrorResponse,
-    ModelList,
-    ReadyResponse,
-    ReloadRequest,
-    ReloadResponse,
-)
-from server.service import PolicyService, ReloadFailed, error_status
+from server.act import ActEndpoint
+from server.metrics import ServerMetrics
+from server.request_path import early_refusal
+from server.routes import api_key_dependency, error_response
+from server.routes.act import act_router
+from server.routes.admin import admin_router
+from server.routes.health import health_router
+from server.routes.v2 import v2_router
+from server.schemas import shape_openapi
+from server.service import PolicyService
 from server.settings import ServerSettings
-from server.v2 import v2_router
-from server.validation import DECODE_IN_THREAD_BYTES, InvalidRequest
+from server.validation import InvalidRequest
 
 log = logging.getLogger("om2p.server")
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 422, 503, 504)}
-
-
-def error_response(error: BaseException) -> JSONResponse:
-    status, _, headers, message = error_status(error)
-    field = error.field if isinstance(error, InvalidRequest) else None
-    return JSONResponse({"error": message, "field": field}, status, headers=headers)
 
 
 def create_fastapi(service: PolicyService, on_fatal: Callable[[], None] | None = None) -> FastAPI:
@@ -86,18 +76,16 @@ def create_fastapi(service: PolicyService, on_fatal: Callable[[], None] | None =
             {"error": str(error.detail), "field": None}, error.status_code, headers=error.headers
         )
 
-    def require_api_key(request: Request) -> None:
-        if not api_key_ok(settings.api_key, offered_api_key(dict(request.headers.raw))):
-            raise InvalidRequest(401, "X-API-Key: missing or wrong API key", "X-API-Key")
-
     @app.exception_handler(InvalidRequest)
     async def invalid_request(request: Request, error: InvalidRequest) -> JSONResponse:
         return error_response(error)
 
-    app.include_router(_health_router(service))
-    app.include_router(_act_router(service, require_api_key))
-    app.include_router(v2_router(service, require_api_key, ERRORS))
-    app.include_router(_admin_router(service, require_api_key))
+    app.include_router(health_router(service))
+    app.include_router(act_router(service))
+    app.include_router(v2_router(service))
+    if settings.admin:
+        app.include_router(admin_router(service, api_key_dependency(service)))
+    _serve_shaped_openapi(app, service)
     if importlib.util.find_spec("server.dashboard") is not None:
         from server.dashboard import router as dashboard_router
 
@@ -105,119 +93,29 @@ def create_fastapi(service: PolicyService, on_fatal: Callable[[], None] | None =
     return app
 
 
-def _health_router(service: PolicyService) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+def _serve_shaped_openapi(app: FastAPI, service: PolicyService) -> None:
+    """/openapi.json with the served model's shapes (`server.schemas.shape_openapi`), rebuilt when a reload
+    changes them; before the model is loaded, FastAPI's schema as declared."""
+    cached: dict = {}
 
-    @router.get("/healthz", summary="alive (the process answers)")
-    async def healthz() -> dict:
-        return {"status": "alive"}
-
-    @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
-    async def readyz() -> JSONResponse:
-        """200 once the model is loaded and warmed up; 503 while loading and from SIGTERM on."""
+    def openapi() -> dict:
         runtime = service.runtime
-        if service.ready and runtime is not None:
-            return JSONResponse({"ready": True, "model": runtime.spec.name, "version": runtime.spec.version})
-        reason = "draining" if service.draining else service.load_error or "loading and warming up the model"
-        return JSONResponse({"ready": False, "reason": reason}, 503)
-
-    @router.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
-        return Response(service.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
-
-    @router.get("/v1/models", response_model=ModelList)
-    async def models() -> dict:
-        runtime = service.runtime
-        return {"models": [runtime.describe()] if runtime is not None else []}
-
-    return router
-
-
-def _act_router(service: PolicyService, require_api_key: Callable) -> APIRouter:
-    router = APIRouter(tags=["actions"])
-
-    @router.post(
-        "/act",
-        response_model=ActResponse,
-        responses=ERRORS,
-        dependencies=[Depends(require_api_key)],
-        summary="actions for joint observations",
-    )
-    async def act(request: ActRequest) -> Response:
-        """JSON as below; also `application/octet-stream` (float32 little-endian, shape in `X-Shape:
-        B,N,obs_dim` or `N,obs_dim`, options in `X-Deterministic`, `X-Seed`, `X-Request-Id`; the answer is
-        octet-stream with `X-Shape`) and `application/msgpack` (the JSON body as a msgpack map). Served by
-        a lean ASGI endpoint in front of FastAPI; this declaration is the schema."""
-        try:
-            return Response(
-                dumps(await act_from_json(service, request.model_dump())), media_type="application/json"
+        spec = runtime.spec if runtime is not None else None
+        key = None if spec is None else (spec.name, spec.n_agents, spec.obs_dim, spec.act_dim)
+        if "schema" not in cached or cached["key"] != key:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
             )
-        except Exception as error:
-            return error_response(error)
+            if spec is not None:
+                schema = shape_openapi(schema, spec, service.settings.max_batch_rows)
+            cached.update(schema=schema, key=key)
+        return cached["schema"]
 
-    @router.websocket("/act/ws")
-    async def act_ws(websocket: WebSocket) -> None:
-        """One `/act` JSON body per text message, one `/act` JSON response (or error) per answer."""
-        offered = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
-        if not api_key_ok(service.settings.api_key, offered):
-            await websocket.close(code=1008, reason="missing or wrong API key")
-            return
-        await websocket.accept()
-        metrics = service.metrics
-        duration, outcomes = metrics.by_protocol["ws"], metrics.by_outcome
-        try:
-            while True:
-                received = await websocket.receive()
-                if received["type"] == "websocket.disconnect":
-                    return
-                message = received.get("text")
-                if message is None:  # a binary frame: say why before closing, not a dropped connection
-                    await websocket.close(code=1003, reason="message: binary frame; send /act JSON as text")
-                    return
-                started = time.perf_counter()
-                service.inflight += 1
-                try:
-                    try:
-                        if len(message) > DECODE_IN_THREAD_BYTES:
-                            data = await asyncio.to_thread(orjson.loads, message)
-                        else:
-                            data = orjson.loads(message)
-                    except orjson.JSONDecodeError as error:
-                        raise InvalidRequest(400, f"message: not valid JSON ({error})", "message") from None
-                    if not isinstance(data, dict) or "observations" not in data:
-                        raise InvalidRequest(422, "observations: field required", "observations")
-                    answer, outcome = dumps(await act_from_json(service, data)), "ok"
-                except Exception as error:
-                    service.record_failure(started)
-                    status, outcome, _, text = error_status(error)
-                    field = error.field if isinstance(error, InvalidRequest) else None
-                    answer = dumps({"error": text, "field": field, "status": status})
-                finally:
-                    service.inflight -= 1
-                await websocket.send_text(answer.decode())
-                duration.observe(time.perf_counter() - started)
-                outcomes[outcome].inc()
-        except WebSocketDisconnect:
-            return
-
-    return router
-
-
-def _admin_router(service: PolicyService, require_api_key: Callable) -> APIRouter:
-    router = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_api_key)])
-
-    @router.post("/reload", response_model=ReloadResponse, responses={409: {"model": ErrorResponse}})
-    async def reload(request: ReloadRequest | None = None) -> JSONResponse:
-        """Load the newest version (or `model`), check it and warm it up, then swap without dropping
-        requests. If the new version fails, the current one keeps serving and the answer is 409."""
-        request = request or ReloadRequest()
-        try:
-            result = await service.reload(Path(request.model) if request.model else None, force=request.force)
-        except ReloadFailed as error:
-            return JSONResponse({"error": str(error), "field": "model"}, 409)
-        return JSONResponse(result)
-
-    return router
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class Om2pApp:
@@ -227,6 +125,7 @@ class Om2pApp:
         self.service = service
         self.fastapi = create_fastapi(service, on_fatal)
         self.act = ActEndpoint(service)
+        self._admitted = 0  # see shed()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -242,6 +141,26 @@ class Om2pApp:
                 )
                 return
         await self.fastapi(scope, receive, send)
+
+    def shed(self, path: bytes) -> bytes | None:
+        """For `server.protocols`: the whole HTTP 503 response for a POST that must be refused now, decided
+        from its path and the queue depth before anything else is done with the request, or None.
+
+        Requests admitted here reach the queue only when their ASGI tasks run, in the loop's next round;
+        until then they are counted as one row each, so that one round's arrivals cannot all be admitted
+        into a queue that has room for a few (they would each be parsed, then refused)."""
+        if path != b"/act" and not (path.startswith(b"/v2/models/") and path.endswith(b"/infer")):
+            return None
+        response = early_refusal(self.service, self._admitted)
+        if response is None:
+            self._admitted += 1
+            if self._admitted == 1:
+                asyncio.get_running_loop().call_soon(self._new_round)
+        return response
+
+    def _new_round(self) -> None:
+        # Runs before the tasks admitted last round (FIFO), which then queue their rows at once.
+        self._admitted = 0
 
     @property
     def max_body(self) -> int:
@@ -276,6 +195,9 @@ async def _send_json(send, status: int, payload: dict) -> None:
 
 def create_app(settings: ServerSettings | None = None, on_fatal: Callable[[], None] | None = None) -> Om2pApp:
     settings = settings or ServerSettings()
+    problem = settings.exposure_problem()  # `om2p serve` says it first; this guards other launchers
+    if problem is not None:
+        raise ValueError(problem)
     return Om2pApp(PolicyService(settings, ServerMetrics()), on_fatal)
 
 

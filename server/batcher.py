@@ -120,6 +120,17 @@ def _resolve(future: asyncio.Future, result: object, error: BaseException | None
         future.set_exception(error)
 
 
+class _NoFuture:
+    """The future of a request computed by `run_now`: nobody awaits it."""
+
+    @staticmethod
+    def done() -> bool:
+        return False
+
+
+_NO_FUTURE = _NoFuture()
+
+
 class PendingRequest:
     """One request in the queue; `future` resolves to `(actions [rows, N, act_dim], Timing)`."""
 
@@ -186,6 +197,8 @@ class DynamicBatcher:
         self.sweep_interval_s = 0.01
         # Retry-After: about the time the queue needs to drain, from the last batch's cost per row.
         self._seconds_per_row = 1e-4
+        # run_now's bound: a forward pass this short may block the event loop (less than two hand-offs).
+        self.inline_max_s = 300e-6
 
     # --- producer side (event loop) ---
 
@@ -199,8 +212,7 @@ class DynamicBatcher:
         if not 1 <= rows <= self.max_batch_rows:
             raise ValueError(f"a request holds 1 to {self.max_batch_rows} rows, got {rows}")
         if self.queued_rows + rows > self.max_queue_rows:
-            retry = max(1.0, self.queued_rows * self._seconds_per_row)
-            raise QueueFull(self.queued_rows, self.max_queue_rows, retry)
+            raise QueueFull(self.queued_rows, self.max_queue_rows, self.retry_after_s())
         loop = asyncio.get_running_loop()
         pending = PendingRequest(obs, noise, deadline, self.clock.now(), loop.create_future())
         self._queue.append(pending)
@@ -209,6 +221,45 @@ class DynamicBatcher:
             self._task = loop.create_task(self._dispatch(), name="om2p-batcher")
         self._arrival.set()
         return pending
+
+    def idle(self) -> bool:
+        """Nothing queued, nothing computing."""
+        return not self._queue and not self.computing_rows
+
+    def run_now(self, obs: np.ndarray, noise: np.ndarray | str | None) -> tuple[np.ndarray, Timing] | None:
+        """Compute `obs` here, in the caller's (event loop) thread, when nothing would batch with it: no
+        fill delay, nothing queued or computing, and a forward pass expected to take under `inline_max_s`.
+        Saves the two thread hand-offs (to the compute thread and back through the loop's self-pipe),
+        which at low load cost more than the forward pass itself. None: queue it with `submit` instead."""
+        rows = obs.shape[0]
+        if (
+            self.max_delay_s > 0
+            or self._queue
+            or self.computing_rows
+            or self._closing
+            or rows * self._seconds_per_row > self.inline_max_s
+            or not 1 <= rows <= self.max_batch_rows
+        ):
+            return None
+        pending = PendingRequest(obs, noise, None, 0.0, _NO_FUTURE)
+        self.computing_rows = rows  # the compute thread is idle; nothing else runs until this returns
+        try:
+            actions, compute_s = self._compute([pending], rows)
+        finally:
+            self.computing_rows = 0
+        self.batches += 1
+        self._seconds_per_row = compute_s / rows
+        if self.on_batch is not None:
+            self.on_batch(BatchStats(rows, 1, compute_s, (0.0,)))
+        return actions, Timing(0.0, compute_s, rows)
+
+    def full(self) -> bool:
+        """No room for even one more row: what the web layer checks before reading a request's body."""
+        return self.queued_rows >= self.max_queue_rows or self._closing
+
+    def retry_after_s(self) -> float:
+        """About the time the queue needs to drain, from the last batch's cost per row (at least 1 s)."""
+        return max(1.0, self.queued_rows * self._seconds_per_row)
 
     def expected_wait_s(self) -> float:
         """Rough wait of a request queued now: the batch computing, the queued rows at the last batch's

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import signal
+import socket
 import sys
 import threading
 import typing
 from pathlib import Path
 
+from om2p.errors import CommandError
+from server.limits import MAX_HEADER_BYTES
 from server.settings import ServerSettings
 
 DESCRIPTION = """Serve a policy over HTTP: POST /act (JSON, msgpack, float32 octet-stream), WebSocket
@@ -77,12 +81,34 @@ def _check_model(settings: ServerSettings) -> None:
     load_manifest(resolve_version_dir(model_path))
 
 
+def _check_port(settings: ServerSettings) -> None:
+    """Bind and release the address first, so a port in use is one line before the model loads (uvicorn
+    would log it after loading, and exit 1). Same socket options as uvicorn's bind."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise CommandError(
+                    f"--port {settings.port}: address {settings.host}:{settings.port} is already in use "
+                    "(another server?); choose another --port (OM2P_PORT) or stop the other process"
+                ) from None
+            reason = error.strerror or str(error)
+            raise CommandError(
+                f"--host {settings.host} --port {settings.port}: cannot bind: {reason}"
+            ) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    problem = settings.exposure_problem()
+    if problem is not None:
+        raise CommandError(problem)
     _check_model(settings)
+    _check_port(settings)
     import uvicorn
-
-    from om2p.cli import CommandError
 
     loop = "uvloop" if _has("uvloop") else "asyncio"
     from server import protocols
@@ -102,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         backlog=4096,
         ws_max_size=settings.max_body_bytes,
         ws=protocols.Utf8CheckingWebSocketProtocol,
-        h11_max_incomplete_event_size=protocols.MAX_HEADER_BYTES,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         log_config=_log_config(settings.log_level),
         # Per-request work nobody reads: client address rewriting and the Server header.
         proxy_headers=False,

@@ -38,6 +38,37 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+class _DeferredHistogram:
+    """A histogram child whose `observe` only appends to a list (a C call): prometheus_client's own observe
+    takes a lock and scans the buckets, microseconds on every request. `flush()` (at scrape time, and a few
+    times a second) observes the values. Event loop thread only."""
+
+    def __init__(self, child) -> None:
+        self._child, self._values = child, []
+        self.observe = self._values.append
+
+    def flush(self) -> None:
+        observe, values = self._child.observe, self._values
+        for value in values:
+            observe(value)
+        values.clear()
+
+
+class _DeferredCounter:
+    """A counter child counted in a plain int until `flush()` (see `_DeferredHistogram`)."""
+
+    def __init__(self, child) -> None:
+        self._child, self.count = child, 0
+
+    def inc(self) -> None:
+        self.count += 1
+
+    def flush(self) -> None:
+        if self.count:
+            self._child.inc(self.count)
+            self.count = 0
+
+
 class ServerMetrics:
     """All series, with children pre-bound per label value: the hot path does no label lookups."""
 
@@ -101,8 +132,34 @@ class ServerMetrics:
             multiprocess_mode="livemax",
         )
         self._model_labels: tuple[str, ...] | None = None
-        self.by_protocol = {protocol: self.request_duration.labels(protocol) for protocol in PROTOCOLS}
-        self.by_outcome = {outcome: self.requests.labels(outcome) for outcome in OUTCOMES}
+        # The hot path's series. In multiprocess mode samples must reach the per-process files before any
+        # worker's scrape, so they are written at once there.
+        self._pending: list = []
+        histogram, counter = self._deferred(_DeferredHistogram), self._deferred(_DeferredCounter)
+        self.by_protocol = {
+            protocol: histogram(self.request_duration.labels(protocol)) for protocol in PROTOCOLS
+        }
+        self.by_outcome = {outcome: counter(self.requests.labels(outcome)) for outcome in OUTCOMES}
+        self.observe_queue_wait = histogram(self.queue_wait).observe
+        self.observe_compute = histogram(self.compute).observe
+        self.observe_batch_rows = histogram(self.batch_rows).observe
+
+    def _deferred(self, kind: type) -> Callable:
+        """Wraps a series child in `kind`, or (multiprocess mode) returns it as it is."""
+
+        def wrap(child):
+            if self.multiprocess:
+                return child
+            deferred = kind(child)
+            self._pending.append(deferred)
+            return deferred
+
+        return wrap
+
+    def flush(self) -> None:
+        """Hand the deferred samples to prometheus_client (before a scrape; periodically)."""
+        for deferred in self._pending:
+            deferred.flush()
 
     def track_queue(self, queued_rows: Callable[[], float]) -> None:
         """Queue depth read at scrape time (no cost per request); per-process files need explicit sets."""
@@ -127,6 +184,7 @@ class ServerMetrics:
         multiprocess.mark_process_dead(os.getpid())
 
     def exposition(self) -> bytes:
+        self.flush()
         if self.multiprocess:
             from prometheus_client import multiprocess
 

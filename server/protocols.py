@@ -5,18 +5,23 @@ the log gets one line, never a traceback:
   bounded with uvicorn's `h11_max_incomplete_event_size`, set to the same number);
 - a WebSocket text frame that is not UTF-8 gets a close 1007 with a reason naming the message.
 
-Both hook uvicorn's protocol classes (passed as `http=` and `ws=`); tests run them on a real server.
+And one shortcut, for overload: when the app's `shed(path)` returns a response (the batcher's queue is full),
+it is written straight from the header callback, with no ASGI task, no body read and no parse (a refusal
+must cost far less than an answer, or refusing eats the capacity the accepted requests need).
+
+All hook uvicorn's protocol classes (passed as `http=` and `ws=`); tests run them on a real server.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-MAX_HEADER_BYTES = 16 * 1024  # h11's default; browsers and proxies send well under 8 KiB
+from server.limits import MAX_HEADER_BYTES
 
 
 class HeadersTooLarge(Exception):
@@ -28,6 +33,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     a request's headers are still incomplete (what httptools buffers meanwhile)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._coalescing = _CoalescingTransport(transport)
         self._in_headers = False
         self._header_bytes = 0
         self._received_in_headers = 0
@@ -55,7 +61,38 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        super().on_headers_complete()
+        shed = getattr(self.app, "shed", None)
+        if (
+            shed is not None
+            and self.parser.get_method() == b"POST"
+            and (self.cycle is None or self.cycle.response_complete)  # not behind a pipelined request
+            and not self.parser.should_upgrade()
+        ):
+            response = shed(httptools.parse_url(self.url).path)
+            if response is not None:
+                self._answer_without_body(response)
+                return
+        # The request cycle writes through a transport that sends the response head with the body's first
+        # write: one send() and one wake-up of the client per response instead of two.
+        transport, self.transport = self.transport, self._coalescing
+        try:
+            super().on_headers_complete()
+        finally:
+            self.transport = transport
+
+    def on_response_complete(self) -> None:
+        self._coalescing.flush()  # nothing of a finished response may wait past it (e.g. a bodiless 204)
+        super().on_response_complete()
+
+    def _answer_without_body(self, response: bytes) -> None:
+        keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
+        self.cycle = _ANSWERED  # httptools still parses this request's body; on_body drops it
+        if keep_alive:
+            self.transport.write(response)
+            self.on_response_complete()  # re-arms the keep-alive timeout, as after any response
+        else:
+            self.transport.write(response.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1))
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -81,6 +118,54 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         self.transport.close()
+
+
+class _CoalescingTransport:
+    """What uvicorn's request cycle writes through: a write is held until the next one (the body after the
+    head) or, at the latest, the end of the event loop's current round; everything else passes through."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport, self._held, self._loop = transport, None, asyncio.get_event_loop()
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        self._held = None
+        self._transport.write(held + data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+class _AnsweredCycle:
+    """Stands in for uvicorn's request cycle of a request answered from the header callback."""
+
+    response_complete = True
+    disconnected = False
+    keep_alive = True
+
+    class message_event:  # uvicorn calls `cycle.message_event.set()` on disconnect
+        @staticmethod
+        def set() -> None:
+            return None
+
+
+_ANSWERED = _AnsweredCycle()
 
 
 class Utf8CheckingWebSocketProtocol(WebSocketsSansIOProtocol):

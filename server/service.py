@@ -8,18 +8,17 @@ import contextlib
 import gc
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from export.manifest import resolve_version_dir
-from server.batcher import ZERO_NOISE, BatcherClosed, BatchStats, DeadlineExceeded, QueueFull, Timing
+from server.batcher import ZERO_NOISE, BatcherClosed, BatchStats, QueueFull, Timing
 from server.metrics import ServerMetrics
 from server.runtime import ModelRuntime
 from server.settings import ServerSettings
 from server.stats import ModelStats
-from server.validation import ActOptions, InvalidRequest
+from server.validation import ActOptions
 
 log = logging.getLogger("om2p.server")
 
@@ -36,16 +35,11 @@ class ReloadFailed(Exception):
     pass
 
 
-@dataclass(slots=True)
-class ActResult:
-    actions: np.ndarray  # [rows, N, act_dim]
-    timing: Timing
-    runtime: ModelRuntime
-
-
 class PolicyService:
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
         self.settings = settings
+        # Compared as bytes (server.act.api_key_ok): the UTF-8 a client sends for a non-ASCII key.
+        self.api_key = settings.api_key.encode() if settings.api_key is not None else None
         self.metrics = metrics or ServerMetrics()
         self.runtime: ModelRuntime | None = None
         self.draining = False
@@ -64,9 +58,10 @@ class PolicyService:
         )
         if not metrics.multiprocess:
             metrics.inflight.set_function(lambda: self.inflight)
-        self._observe_queue = metrics.queue_wait.observe
-        self._observe_compute = metrics.compute.observe
-        self._observe_rows = metrics.batch_rows.observe
+        self._observe_queue = metrics.observe_queue_wait
+        self._observe_compute = metrics.observe_compute
+        self._observe_rows = metrics.observe_batch_rows
+        self._by_protocol, self._by_outcome = metrics.by_protocol, metrics.by_outcome
 
     # --- life cycle ---
 
@@ -98,8 +93,7 @@ class PolicyService:
         loop = asyncio.get_running_loop()
         if self.settings.watch_interval_s > 0:
             self._watch_task = loop.create_task(self._watch())
-        if self.metrics.multiprocess:
-            self._gauge_task = loop.create_task(self._publish_gauges())
+        self._gauge_task = loop.create_task(self._publish_gauges())
 
     def _install(self, runtime: ModelRuntime) -> None:
         stats = self.stats_for(runtime)
@@ -141,8 +135,13 @@ class PolicyService:
             if self.settings.backend != "torch":
                 try:
                     path = resolve_version_dir(path)
-                except ValueError as error:
-                    raise ReloadFailed(str(error)) from None
+                except ValueError:
+                    # Not the resolver's message: it lists the directory's entries, and this answer goes
+                    # over HTTP (`"model": "/"` would list the root).
+                    raise ReloadFailed(
+                        f"model {str(path)!r}: not a model version directory (with manifest.json), a model "
+                        "directory with numeric versions, or a repository with one model"
+                    ) from None
                 if not force and old is not None and path.resolve() == Path(old.spec.source).resolve():
                     return {
                         "reloaded": False,
@@ -185,12 +184,16 @@ class PolicyService:
                         log.error("watched reload failed: %s", error)
 
     async def _publish_gauges(self) -> None:
-        """Multiprocess mode: gauges live in per-process files and cannot be read at scrape time, so this
-        worker writes its in-flight count and queue depth a few times a second (the hot path stays free)."""
+        """A few times a second: hand deferred samples to prometheus_client (bounding their memory), and in
+        multiprocess mode, where gauges live in per-process files and cannot be read at scrape time, write
+        this worker's in-flight count and queue depth (the hot path stays free of both)."""
+        metrics = self.metrics
         while True:
-            runtime = self.runtime
-            self.metrics.inflight.set(self.inflight)
-            self.metrics.queue_rows.set(runtime.batcher.queued_rows if runtime and runtime.batcher else 0)
+            metrics.flush()
+            if metrics.multiprocess:
+                runtime = self.runtime
+                metrics.inflight.set(self.inflight)
+                metrics.queue_rows.set(runtime.batcher.queued_rows if runtime and runtime.batcher else 0)
             await asyncio.sleep(0.25)
 
     # --- requests ---
@@ -218,6 +221,12 @@ class PolicyService:
         if self.runtime is not None:
             self.stats_for(self.runtime).failed(time.perf_counter() - started)
 
+    def observe(self, protocol: str | None, outcome: str, started: float) -> None:
+        """Prometheus: one request's outcome and (with a protocol) its duration."""
+        if protocol is not None:
+            self._by_protocol[protocol].observe(time.perf_counter() - started)
+        self._by_outcome[outcome].inc()
+
     def current(self) -> ModelRuntime:
         runtime = self.runtime
         if runtime is None:
@@ -226,16 +235,41 @@ class PolicyService:
             )
         return runtime
 
-    def submit(self, runtime: ModelRuntime, obs: np.ndarray, options: ActOptions):
-        """Synchronous (no await between validation against `runtime.spec` and queuing on its batcher)."""
+    def shed(self) -> ServiceUnavailable | None:
+        """The refusal for a request that arrives now, decided from the queue depth alone, or None. Called
+        before the body is read or parsed: under overload a refusal must cost far less than an answer, or
+        refusing eats the capacity that the accepted requests need (issue #18: 50x collapse otherwise)."""
+        runtime = self.runtime
+        if runtime is None or runtime.batcher is None or not runtime.batcher.full():
+            return None
+        batcher = runtime.batcher
+        if batcher._closing:
+            return ServiceUnavailable("the model is shutting down")
+        return ServiceUnavailable(
+            f"queue full ({batcher.queued_rows} of {batcher.max_queue_rows} rows waiting); retry later",
+            batcher.retry_after_s(),
+        )
+
+    @staticmethod
+    def _noise(runtime: ModelRuntime, obs: np.ndarray, options: ActOptions) -> np.ndarray | str | None:
         if options.deterministic:
-            noise = ZERO_NOISE
-        elif options.seed is not None:
-            noise = np.random.default_rng(options.seed).standard_normal(
+            return ZERO_NOISE
+        if options.seed is not None:
+            return np.random.default_rng(options.seed).standard_normal(
                 (obs.shape[0], runtime.spec.n_agents, runtime.spec.act_dim), dtype=np.float32
             )
-        else:
-            noise = None
+        return None  # the batcher draws fresh Gaussian noise
+
+    def run_now(self, runtime: ModelRuntime, obs: np.ndarray, options: ActOptions) -> tuple | None:
+        """`(actions, Timing)` computed at once when this is the only request in flight and the batcher is
+        idle (see `DynamicBatcher.run_now`), else None."""
+        if self.inflight != 1 or runtime.batcher is None:
+            return None
+        return runtime.batcher.run_now(obs, self._noise(runtime, obs, options))
+
+    def submit(self, runtime: ModelRuntime, obs: np.ndarray, options: ActOptions):
+        """Synchronous (no await between validation against `runtime.spec` and queuing on its batcher)."""
+        noise = self._noise(runtime, obs, options)
         assert runtime.batcher is not None
         try:
             return runtime.batcher.submit(obs, noise, time.monotonic() + self.timeout_s)
@@ -243,25 +277,3 @@ class PolicyService:
             raise ServiceUnavailable(str(error), error.retry_after_s) from None
         except BatcherClosed as error:
             raise ServiceUnavailable(str(error)) from None
-
-    async def act(self, obs: np.ndarray, options: ActOptions, runtime: ModelRuntime) -> ActResult:
-        pending = self.submit(runtime, obs, options)
-        try:
-            actions, timing = await pending.future
-        except asyncio.CancelledError:
-            pending.cancel()
-            raise
-        return ActResult(actions, timing, runtime)
-
-
-def error_status(error: BaseException) -> tuple[int, str, dict, str]:
-    """(status, outcome label, extra headers, message) for any failure of an action request."""
-    if isinstance(error, InvalidRequest):
-        return error.status, "invalid", {}, error.message
-    if isinstance(error, ServiceUnavailable):
-        return 503, "rejected", {"retry-after": str(max(1, round(error.retry_after_s)))}, str(error)
-    if isinstance(error, DeadlineExceeded):
-        return 504, "timeout", {}, "deadline exceeded: the server is overloaded; retry with backoff"
-    if isinstance(error, BatcherClosed):
-        return 503, "rejected", {"retry-after": "1"}, str(error)
-    return 500, "error", {}, f"internal error: {type(error).__name__}: {error}"

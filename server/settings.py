@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled" / "cooperative_navigation"
@@ -35,7 +36,12 @@ class ServerSettings(BaseSettings):
         1000, ge=1, description="deadline from arrival; past it a request gets 504"
     )
     max_body_bytes: int = Field(4 << 20, ge=1024, description="larger request bodies get 413")
-    api_key: str | None = Field(None, description="if set, /act, /v2 infer and /admin need X-API-Key")
+    api_key: str | None = Field(
+        None,
+        description="if set, /act, /v2 infer and /admin need it in X-API-Key (or Authorization: Bearer); "
+        "required to serve /admin beyond loopback",
+    )
+    admin: bool = Field(True, description="serve POST /admin/reload (beyond loopback only with --api-key)")
     intra_op_threads: int = Field(
         1, ge=0, description="ONNX Runtime threads per forward pass (0 = all cores)"
     )
@@ -58,6 +64,34 @@ class ServerSettings(BaseSettings):
         "info", description="log verbosity"
     )
     access_log: bool = Field(False, description="log every request (costs throughput)")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, value: str | None) -> str | None:
+        # An empty key would let an empty (or absent-but-defaulted) header through: refuse it outright.
+        if value is not None and not value.strip():
+            raise ValueError("an empty API key protects nothing; set a non-empty key or leave it unset")
+        return value
+
+    def loopback_only(self) -> bool:
+        """Whether `host` accepts connections from this machine alone (a name other than localhost may
+        resolve to anything, so it counts as reachable)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def exposure_problem(self) -> str | None:
+        """Why these settings must not start (one line naming what to set), or None. /admin/reload loads
+        any path the server can read: beyond loopback it needs the API key."""
+        if self.admin and self.api_key is None and not self.loopback_only():
+            return (
+                f"--host {self.host} listens beyond loopback, where POST /admin/reload must not be open: "
+                "set --api-key (OM2P_API_KEY), or --no-admin (OM2P_ADMIN=false) to serve without /admin"
+            )
+        return None
 
     def model_path(self) -> Path:
         """The configured model path, or the bundled default; a clear error when neither exists."""

@@ -15,11 +15,11 @@ import numpy as np
 import orjson
 
 from server.backends import ModelSpec
+from server.limits import MAX_OBSERVATION_ABS, MAX_REQUEST_ID_CHARS, MAX_SEED
 
 # np.errstate around the cast costs more than the rest of the validation; silence just this warning here.
 warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
 
-MAX_REQUEST_ID_CHARS = 256  # request_id, X-Request-Id and the v2 id alike
 # Decoding JSON (or msgpack) this large takes milliseconds: a thread keeps the event loop serving meanwhile.
 DECODE_IN_THREAD_BYTES = 1 << 20
 
@@ -100,10 +100,11 @@ def observations_array(
         )
     # A float64 beyond float32's range becomes Inf here (warning silenced above) and is refused just below.
     array = array.astype(np.float32)
-    # One float64 reduction instead of isfinite + all: any NaN or Inf makes the sum non-finite, and a sum of
-    # float32 values cannot overflow float64.
-    if not math.isfinite(np.add.reduce(array, axis=None, dtype=np.float64)):
-        raise InvalidRequest(422, f"{field}: holds NaN or Inf (or a value beyond float32's range)", field)
+    # One reduction for three refusals: NaN propagates through max, and Inf or a huge value exceeds the bound.
+    if not np.abs(array).max() <= MAX_OBSERVATION_ABS:
+        raise InvalidRequest(
+            422, f"{field}: holds NaN, Inf or a value beyond +-{MAX_OBSERVATION_ABS:g}", field
+        )
     return array, batched
 
 
@@ -113,8 +114,14 @@ def options_from(body: dict, prefix: str = "") -> ActOptions:
     if not isinstance(deterministic, bool):
         raise InvalidRequest(422, f"{prefix}deterministic: expected true or false", f"{prefix}deterministic")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise InvalidRequest(422, f"{prefix}seed: expected an integer in [0, 2^63) or null", f"{prefix}seed")
+    if isinstance(seed, float) and seed.is_integer():  # JSON has one number type: 7.0 is the integer 7
+        seed = int(seed)
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
+    ):
+        raise InvalidRequest(
+            422, f"{prefix}seed: expected an integer in [0, {MAX_SEED}] or null", f"{prefix}seed"
+        )
     request_id = body.get("request_id")
     if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS):
         raise InvalidRequest(
@@ -234,8 +241,8 @@ def header_seed(value: str | None) -> int | None:
         seed = int(value)
     except ValueError:
         raise InvalidRequest(400, f"X-Seed: expected an integer, got {value!r}", "X-Seed") from None
-    if not 0 <= seed < 2**63:
-        raise InvalidRequest(422, "X-Seed: expected an integer in [0, 2^63)", "X-Seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidRequest(422, f"X-Seed: expected an integer in [0, {MAX_SEED}]", "X-Seed")
     return seed
 
 
@@ -246,7 +253,7 @@ def header_seed(value: str | None) -> int | None:
 class V2Request:
     id: str | None
     parameters: dict
-    obs: np.ndarray  # float32 [rows, N, obs_dim]
+    values: np.ndarray  # shaped as sent; `observations_array` validates the values on the request path
     shape: list[int]  # as sent: [N, obs_dim] or [batch, N, obs_dim]
     binary_output: bool  # answer `actions` as raw float32 after the JSON header
 
@@ -267,6 +274,14 @@ def split_v2_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]
     return body[:length], body[length:]
 
 
+def _object_or_none(value: object, field: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(422, f"{field}: expected an object or null", field)
+    return value
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -278,16 +293,14 @@ def parse_v2_request(header: bytes, binary: bytes, spec: ModelSpec, max_rows: in
     request_id = data.get("id")
     if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS):
         raise InvalidRequest(422, f"id: expected a string of at most {MAX_REQUEST_ID_CHARS} characters", "id")
-    parameters = data.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidRequest(422, "parameters: expected an object", "parameters")
+    parameters = _object_or_none(data.get("parameters"), "parameters")
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
         raise InvalidRequest(422, "inputs: expected a non-empty list of tensors", "inputs")
     names = [tensor.get("name") for tensor in inputs]
     if names != ["obs"]:
         raise InvalidRequest(422, f"inputs: expected one input named 'obs', got {names}", "inputs")
-    obs, shape = _v2_obs(inputs[0], binary, spec, max_rows)
+    values, shape = _v2_obs(inputs[0], binary, spec, max_rows)
     binary_output = parameters.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise InvalidRequest(
@@ -304,12 +317,8 @@ def parse_v2_request(header: bytes, binary: bytes, spec: ModelSpec, max_rows: in
                     f"outputs: the model has one output, 'actions'; got {output.get('name')!r}",
                     "outputs",
                 )
-            output_parameters = output.get("parameters") or {}
-            flag = (
-                output_parameters.get("binary_data", binary_output)
-                if isinstance(output_parameters, dict)
-                else None
-            )
+            output_parameters = _object_or_none(output.get("parameters"), "outputs.actions.parameters")
+            flag = output_parameters.get("binary_data", binary_output)
             if not isinstance(flag, bool):
                 raise InvalidRequest(
                     422,
@@ -317,7 +326,7 @@ def parse_v2_request(header: bytes, binary: bytes, spec: ModelSpec, max_rows: in
                     "outputs.actions.parameters.binary_data",
                 )
             binary_output = flag
-    return V2Request(request_id, parameters, obs, shape, binary_output)
+    return V2Request(request_id, parameters, values, shape, binary_output)
 
 
 def _v2_obs(tensor: dict, binary: bytes, spec: ModelSpec, max_rows: int) -> tuple[np.ndarray, list[int]]:
@@ -341,9 +350,7 @@ def _v2_obs(tensor: dict, binary: bytes, spec: ModelSpec, max_rows: int) -> tupl
             f"inputs.obs.shape: {shape[0]} rows, more than the server's max of {max_rows}",
             "inputs.obs.shape",
         )
-    parameters = tensor.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidRequest(422, "inputs.obs.parameters: expected an object", "inputs.obs.parameters")
+    parameters = _object_or_none(tensor.get("parameters"), "inputs.obs.parameters")
     size = parameters.get("binary_data_size")
     needed = 4 * math.prod(shape)
     if size is not None:
@@ -379,5 +386,4 @@ def _v2_obs(tensor: dict, binary: bytes, spec: ModelSpec, max_rows: int) -> tupl
                 f"inputs.obs.data: {values.size} values, shape {shape} needs {needed // 4}",
                 "inputs.obs.data",
             )
-    obs, _ = observations_array(values.reshape(shape), spec, max_rows, field="inputs.obs.data")
-    return obs, shape
+    return values.reshape(shape), shape

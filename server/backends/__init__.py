@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from export.manifest import ModelManifest
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,23 @@ class ModelSpec:
     @property
     def n_agents(self) -> int:
         return len(self.agents)
+
+    @classmethod
+    def from_manifest(cls, manifest: ModelManifest, version_dir: Path) -> ModelSpec:
+        """The spec of an exported model, from its (already validated) manifest."""
+        return cls(
+            name=manifest.name,
+            version=manifest.version,
+            agents=tuple(manifest.agents),
+            obs_dim=manifest.obs_dim,
+            act_dim=manifest.act_dim,
+            action_mask=np.asarray(manifest.action_mask, dtype=bool),
+            action_low=manifest.action_low,
+            action_high=manifest.action_high,
+            source=version_dir,
+            env=manifest.env,
+            algo=manifest.algo,
+        )
 
 
 class Backend(Protocol):

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from export.session import available_preferred_providers, open_session
 from server.backends import ModelSpec
 from server.backends.manifest_spec import load_exported
-
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 class OnnxRuntimeBackend:
@@ -22,25 +21,13 @@ class OnnxRuntimeBackend:
 
     @classmethod
     def load(cls, model_path: Path, intra_op_threads: int = 1) -> tuple[OnnxRuntimeBackend, ModelSpec]:
-        import onnxruntime as ort
-
         version_dir, manifest, spec = load_exported(model_path)
         artifact = manifest.file("onnx", "fp32")
         if artifact is None:
             raise ValueError(f"{version_dir}/manifest.json: field 'files': no fp32 ONNX model listed")
-        options = ort.SessionOptions()
-        # Small MLP batches: one thread avoids the thread-pool wake-up that costs more than the matmuls, and
-        # leaves the other cores to the event loop.
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        available = set(ort.get_available_providers())
-        providers = [p for p in PREFERRED_PROVIDERS if p in available]
-        try:
-            session = ort.InferenceSession(str(version_dir / artifact.path), options, providers=providers)
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise ValueError(f"{version_dir / artifact.path}: ONNX Runtime cannot load it: {error}") from None
+        session = open_session(
+            version_dir / artifact.path, threads=intra_op_threads, providers=available_preferred_providers()
+        )
         return cls(session, ",".join(session.get_providers())), spec
 
     def run(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:

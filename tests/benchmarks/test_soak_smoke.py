@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from benchmarks import soak
-from server.testing import write_synthetic_repository
+from server.synthetic import write_synthetic_repository
 
 
 def test_soak_reports_both_sides_and_they_agree(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.testing import run_server, write_synthetic_repository
+from server.process import run_server
+from server.synthetic import write_synthetic_repository
 
 
 @pytest.fixture(scope="session")

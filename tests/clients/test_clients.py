@@ -11,7 +11,8 @@ import pytest
 
 from clients.client import AsyncOm2pClient, Om2pClient, Om2pError, RetryPolicy
 from clients.websocket import WebSocketPolicyClient
-from server.testing import reference_policy, run_server
+from server.process import run_server
+from server.synthetic import reference_policy
 
 RNG = np.random.default_rng(7)
 OBS = RNG.normal(size=(4, 3, 18)).astype(np.float32)
@@ -59,7 +60,7 @@ def test_invalid_request_raises_with_field(server_url: str) -> None:
 
 
 def test_connection_error_is_retried_then_reported() -> None:
-    from server.testing import free_port
+    from server.process import free_port
 
     retry = RetryPolicy(attempts=3, backoff_s=0.01)
     with Om2pClient(f"http://127.0.0.1:{free_port()}", retry=retry) as client, pytest.raises(Om2pError):

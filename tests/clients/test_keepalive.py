@@ -13,7 +13,7 @@ import pytest
 
 from clients.client import AsyncOm2pClient, Om2pClient, RetryPolicy
 from clients.loadgen import ConnectionPool, LoadResult, StaleConnectionError, build_request, run_load, send
-from server.testing import ServerProcess
+from server.process import ServerProcess
 
 KEEP_ALIVE_S = 1.0
 IDLE_GAP_S = 2.0

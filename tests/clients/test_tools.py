@@ -63,3 +63,17 @@ def test_control_served_equals_in_process(
     assert len(report["served_returns"]) == 2 and report["ticks"] == 25
     assert report["served_returns"] == pytest.approx(report["local_returns"], abs=1e-3)
     assert report["served_returns"][0] != report["served_returns"][1]  # different seeds, different episodes
+
+
+def test_control_errors_are_one_line(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    unreachable = ["control", "--url", "http://127.0.0.1:9", "--env", "cooperative_navigation"]
+    assert main(unreachable) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "cannot reach the server" in error and "127.0.0.1:9" in error
+    # predator_prey observes 16 values per agent; the served model takes cooperative_navigation's 18.
+    assert main(["control", "--url", server_url, "--env", "predator_prey", "--episodes", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--env predator_prey" in error and "obs 18" in error
+    assert main(["control", "--url", server_url, "--env", "no_such_env"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "no_such_env" in error

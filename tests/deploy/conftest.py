@@ -64,7 +64,7 @@ def prometheus_binary() -> str:
 
 @pytest.fixture(scope="session")
 def synthetic_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from server.testing import write_synthetic_repository
+    from server.synthetic import write_synthetic_repository
 
     return write_synthetic_repository(tmp_path_factory.mktemp("models"), name="synthetic", hidden=(64, 64))
 
@@ -72,7 +72,7 @@ def synthetic_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def om2p_server(synthetic_model: Path) -> Iterator[str]:
     """One real `om2p serve` shared by the live tests; yields its base URL."""
-    from server.testing import run_server
+    from server.process import run_server
 
     with run_server(synthetic_model) as url:
         yield url

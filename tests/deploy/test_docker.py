@@ -142,6 +142,8 @@ def test_cpu_image_is_slim_non_root_without_torch_and_checks_health() -> None:
     assert "OM2P_HOST=0.0.0.0" in env and "OM2P_PORT=8000" in env  # matches EXPOSE and the k8s port
     # The same keep-alive as the Kubernetes Deployment: longer than a load balancer's 60 s idle timeout.
     assert "OM2P_KEEP_ALIVE_S=75" in env
+    # 0.0.0.0 and no key: om2p serve would refuse an open /admin, so the image starts without it.
+    assert "OM2P_ADMIN=false" in env
     assert ("EXPOSE", "8000") in steps
 
 
@@ -218,7 +220,7 @@ def entrypoint():
 
 def test_registered_engine_is_verified_by_the_manifest_and_not_rebuilt(entrypoint, tmp_path: Path) -> None:
     from export.manifest import ManifestError, ParityRecord, TensorRTInfo, load_manifest
-    from server.testing import write_synthetic_repository
+    from server.synthetic import write_synthetic_repository
 
     version_dir = write_synthetic_repository(tmp_path, hidden=(8,))
     engine = version_dir / entrypoint.ENGINE_FILENAMES["fp32"]
@@ -255,7 +257,7 @@ def test_engine_build_on_a_gpu(entrypoint, tmp_path: Path) -> None:
     if reason is not None:
         pytest.skip(f"TensorRT engine build needs an NVIDIA GPU: {reason}")
     from export.manifest import load_manifest
-    from server.testing import write_synthetic_repository
+    from server.synthetic import write_synthetic_repository
 
     write_synthetic_repository(tmp_path, hidden=(16,))
     engine = entrypoint.ensure_engine(tmp_path, fp16=False)

@@ -79,7 +79,7 @@ def prometheus(
 ) -> Iterator[str]:
     """Prometheus on a free loopback port, scraping the shared server every second while it is under load;
     yields its URL once every expression has data (or after a bounded wait, letting the tests name the gaps)."""
-    from server.testing import free_port
+    from server.process import free_port
 
     workdir = tmp_path_factory.mktemp("prometheus")
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import torch
 
-from server.testing import ServerProcess
+from server.process import ServerProcess
 from training.checkpoint import load_policy
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.testing import ServerProcess, write_synthetic_repository
+from server.process import ServerProcess
+from server.synthetic import write_synthetic_repository
 
 API_KEY = "test-key"
 N_AGENTS, OBS_DIM, ACT_DIM = 3, 18, 5

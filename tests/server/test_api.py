@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from export.manifest import resolve_version_dir
-from server.testing import reference_policy
+from server.synthetic import reference_policy
 
 API_KEY = "test-key"  # as in conftest.py (importlib mode: conftest is not importable)
 N_AGENTS, OBS_DIM, ACT_DIM = 3, 18, 5

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from server.backends import batch_buckets, load_backend
-from server.testing import ServerProcess, reference_policy
+from server.process import ServerProcess
+from server.synthetic import reference_policy
 
 
 def test_batch_buckets_cover_every_size_up_to_the_maximum():

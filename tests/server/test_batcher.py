@@ -239,3 +239,26 @@ def test_close_drains_queued_requests_then_refuses():
     assert answers == [0.0, 1.0, 2.0, 3.0]
     with pytest.raises(Exception, match="shutting down"):
         batcher.submit(observations(1, 0))
+
+
+def test_run_now_computes_in_the_loop_only_when_nothing_could_batch_with_it():
+    async def scenario():
+        backend, stats = RecordingBackend(), []
+        batcher = make(backend, on_batch=stats.append)
+        actions, timing = batcher.run_now(observations(2, 7.0), ZERO_NOISE)  # idle: computed here
+        inline_thread = threading.get_ident()
+        assert actions.shape == (2, N_AGENTS, ACT_DIM) and np.all(actions == 7.0)
+        assert timing.queue_s == 0.0 and timing.batch_rows == 2 and stats[-1].rows == 2
+        queued = batcher.submit(observations(1, 1.0), ZERO_NOISE)
+        assert batcher.run_now(observations(1, 2.0), ZERO_NOISE) is None  # it would batch with the queue
+        await queued.future
+        batcher.inline_max_s = 0.0
+        assert batcher.run_now(observations(1, 3.0), ZERO_NOISE) is None  # too slow to block the loop
+        delayed = make(RecordingBackend(), max_delay_s=0.01)
+        assert delayed.run_now(observations(1, 4.0), ZERO_NOISE) is None  # batches wait to fill
+        await batcher.close()
+        await delayed.close()
+        return backend, inline_thread
+
+    backend, inline_thread = asyncio.run(scenario())
+    assert inline_thread in backend.threads and len(backend.threads) == 2  # the loop's and the compute thread

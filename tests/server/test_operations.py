@@ -19,14 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
+from server.process import REPOSITORY_ROOT, ServerProcess, free_port
 from server.settings import BUNDLED_MODEL_DIR
-from server.testing import (
-    REPOSITORY_ROOT,
-    ServerProcess,
-    free_port,
-    reference_policy,
-    write_synthetic_repository,
-)
+from server.synthetic import reference_policy, write_synthetic_repository
 
 N_AGENTS, OBS_DIM, ACT_DIM = 3, 18, 5
 ONE = {"observations": [[0.1] * OBS_DIM] * N_AGENTS, "deterministic": True}

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from server.testing import REPOSITORY_ROOT, ServerProcess
+from server.process import REPOSITORY_ROOT, ServerProcess
 
 README = REPOSITORY_ROOT / "README.md"
 

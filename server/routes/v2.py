@@ -8,24 +8,26 @@ by the raw tensors, in the order of the inputs (or outputs) whose `parameters` c
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from server.act import dumps
+from server.act import check_api_key
+from server.request_path import ClientGone, Decoded, Reply, dumps, serve
 from server.runtime import ModelRuntime
 from server.schemas import V2InferResponse, V2ModelMetadata
-from server.service import PolicyService, error_status
+from server.service import PolicyService
 from server.validation import (
     DECODE_IN_THREAD_BYTES,
     InvalidRequest,
+    V2Request,
     options_from,
     parse_v2_request,
     split_v2_body,
 )
+
+from . import ERRORS
 
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
@@ -36,25 +38,20 @@ INFER_BODY = {
             "application/json": {
                 "schema": {
                     "type": "object",
-                    "description": "id, parameters (deterministic, seed, binary_data_output), inputs, outputs",
+                    "description": "id, parameters (deterministic, seed, binary_data_output), inputs, outputs "
+                    "(the served model's shapes appear here once it is loaded)",
                 }
-            },
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "binary tensor extension: JSON header, then raw tensors",
             },
         },
     }
 }
 
 
-def error_response(error: BaseException) -> JSONResponse:
-    status, _, headers, message = error_status(error)
-    field = error.field if isinstance(error, InvalidRequest) else None
-    return JSONResponse({"error": message, "field": field}, status, headers=headers)
+# A model name (or version) not served, and no model loaded yet (or draining, for /ready).
+MODEL_ERRORS = {404: ERRORS[422], 503: ERRORS[503]}
 
 
-def v2_router(service: PolicyService, require_api_key: Callable, error_schemas: dict) -> APIRouter:
+def v2_router(service: PolicyService) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["kserve-v2"])
     settings = service.settings
 
@@ -78,7 +75,7 @@ def v2_router(service: PolicyService, require_api_key: Callable, error_schemas: 
     async def live() -> dict:
         return {"live": True}
 
-    @router.get("/health/ready")
+    @router.get("/health/ready", responses={503: {"description": "not ready"}})
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": service.ready}, 200 if service.ready else 503)
 
@@ -100,7 +97,7 @@ def v2_router(service: PolicyService, require_api_key: Callable, error_schemas: 
     async def all_stats() -> dict:
         return {"model_stats": [stats.as_dict() for stats in service.stats.values()]}
 
-    @router.get("/models/{model_name}/stats", summary="Triton's statistics extension")
+    @router.get("/models/{model_name}/stats", summary="Triton's statistics extension", responses=MODEL_ERRORS)
     @router.get("/models/{model_name}/versions/{model_version}/stats", include_in_schema=False)
     async def model_stats(model_name: str, model_version: str | None = None) -> dict:
         model_or_404(model_name)
@@ -113,7 +110,7 @@ def v2_router(service: PolicyService, require_api_key: Callable, error_schemas: 
             raise InvalidRequest(404, f"model version {model_version!r} not found", "model_version")
         return {"model_stats": versions}
 
-    @router.get("/models/{model_name}", response_model=V2ModelMetadata)
+    @router.get("/models/{model_name}", response_model=V2ModelMetadata, responses=MODEL_ERRORS)
     @router.get("/models/{model_name}/versions/{model_version}", include_in_schema=False)
     async def metadata(model_name: str, model_version: str | None = None) -> dict:
         spec = model_or_404(model_name, model_version).spec
@@ -125,13 +122,13 @@ def v2_router(service: PolicyService, require_api_key: Callable, error_schemas: 
             "outputs": [{"name": "actions", "datatype": "FP32", "shape": [-1, spec.n_agents, spec.act_dim]}],
         }
 
-    @router.get("/models/{model_name}/ready")
+    @router.get("/models/{model_name}/ready", responses=MODEL_ERRORS)
     @router.get("/models/{model_name}/versions/{model_version}/ready", include_in_schema=False)
     async def model_ready(model_name: str, model_version: str | None = None) -> JSONResponse:
         model_or_404(model_name, model_version)
         return JSONResponse({"name": model_name, "ready": service.ready}, 200 if service.ready else 503)
 
-    @router.get("/models/{model_name}/config")
+    @router.get("/models/{model_name}/config", responses=MODEL_ERRORS)
     @router.get("/models/{model_name}/versions/{model_version}/config", include_in_schema=False)
     async def config(model_name: str, model_version: str | None = None) -> dict:
         """Triton's model configuration, for tools that read `max_batch_size`, `input`, `output`."""
@@ -158,13 +155,11 @@ def v2_router(service: PolicyService, require_api_key: Callable, error_schemas: 
     @router.post(
         "/models/{model_name}/infer",
         response_model=V2InferResponse,
-        responses=error_schemas,
-        dependencies=[Depends(require_api_key)],
+        responses={**ERRORS, 404: ERRORS[422]},
         openapi_extra=INFER_BODY,
     )
     @router.post(
         "/models/{model_name}/versions/{model_version}/infer",
-        dependencies=[Depends(require_api_key)],
         include_in_schema=False,
     )
     async def infer(model_name: str, request: Request, model_version: str | None = None) -> Response:
@@ -172,58 +167,58 @@ def v2_router(service: PolicyService, require_api_key: Callable, error_schemas: 
         binary (`parameters.binary_data_size`); output `actions`, binary when the request asks for it
         (`parameters.binary_data_output` or the output's `parameters.binary_data`). `parameters` may hold
         `deterministic` and `seed`. The body is parsed as JSON whatever its Content-Type."""
-        metrics = service.metrics
-        started = time.perf_counter()
-        service.inflight += 1
-        outcome = "ok"
-        try:
-            runtime = model_or_404(model_name, model_version)
+        parsed: list[V2Request] = []
+
+        async def decoded() -> Decoded:
+            check_api_key(service.api_key, dict(request.headers.raw))
+            spec = model_or_404(model_name, model_version).spec
             body = await request.body()
             header, binary = split_v2_body(body, request.headers.get("inference-header-content-length"))
-            spec, max_rows = runtime.spec, settings.max_batch_rows
+            arguments = (header, binary, spec, settings.max_batch_rows)
             if len(header) > DECODE_IN_THREAD_BYTES:
-                parsed = await asyncio.to_thread(parse_v2_request, header, binary, spec, max_rows)
+                v2 = await asyncio.to_thread(parse_v2_request, *arguments)
             else:
-                parsed = parse_v2_request(header, binary, spec, max_rows)
-            parameters = parsed.parameters
+                v2 = parse_v2_request(*arguments)
+            parameters = v2.parameters
             options = options_from(
                 {"deterministic": parameters.get("deterministic", False), "seed": parameters.get("seed")},
                 prefix="parameters.",
             )
-            options.request_id = parsed.id
-            result = await service.act(parsed.obs, options, runtime)
-            service.record_success(runtime, parsed.obs.shape[0], result.timing, started)
-            actions = result.actions if len(parsed.shape) == 3 else result.actions[0]
-            output: dict = {"name": "actions", "shape": list(actions.shape), "datatype": "FP32"}
-            answer = {
-                "model_name": spec.name,
-                "model_version": str(spec.version),
-                "parameters": {
-                    "queue_us": round(result.timing.queue_s * 1e6),
-                    "compute_us": round(result.timing.compute_s * 1e6),
-                },
-                "outputs": [output],
-            }
-            if parsed.id is not None:
-                answer["id"] = parsed.id
-            if not parsed.binary_output:
-                output["data"] = actions.ravel()
-                return Response(dumps(answer), media_type="application/json")
-            raw = actions.astype("<f4", copy=False).tobytes()
-            output["parameters"] = {"binary_data_size": len(raw)}
-            json_header = orjson.dumps(answer)
-            return Response(
-                json_header + raw,
-                media_type="application/octet-stream",
-                headers={"Inference-Header-Content-Length": str(len(json_header))},
-            )
-        except Exception as error:
-            outcome = error_status(error)[1]
-            service.record_failure(started)
-            return error_response(error)
-        finally:
-            service.inflight -= 1
-            metrics.by_protocol["v2"].observe(time.perf_counter() - started)
-            metrics.by_outcome[outcome].inc()
+            options.request_id = v2.id
+            parsed.append(v2)
+            return Decoded(v2.values, options, field="inputs.obs.data")
+
+        try:
+            reply = await serve(service, "v2", decoded)
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it
+        if reply.status != 200:
+            return JSONResponse(reply.error_body(), reply.status, headers=reply.headers)
+        return _infer_answer(reply, parsed[0])
 
     return router
+
+
+def _infer_answer(reply: Reply, request: V2Request) -> Response:
+    actions, spec, timing = reply.actions, reply.spec, reply.timing
+    assert actions is not None and spec is not None and timing is not None
+    output: dict = {"name": "actions", "shape": list(actions.shape), "datatype": "FP32"}
+    answer = {
+        "model_name": spec.name,
+        "model_version": str(spec.version),
+        "parameters": {"queue_us": round(timing.queue_s * 1e6), "compute_us": round(timing.compute_s * 1e6)},
+        "outputs": [output],
+    }
+    if request.id is not None:
+        answer["id"] = request.id
+    if not request.binary_output:
+        output["data"] = actions.ravel()
+        return Response(dumps(answer), media_type="application/json")
+    raw = actions.astype("<f4", copy=False).tobytes()
+    output["parameters"] = {"binary_data_size": len(raw)}
+    json_header = orjson.dumps(answer)
+    return Response(
+        json_header + raw,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(json_header))},
+    )

@@ -1,0 +1,190 @@
+"""The one request path: every protocol (JSON, binary and msgpack `/act`, the WebSocket, KServe v2 infer)
+hands it a decoder and gets back a `Reply`; this module alone counts requests in flight, records metrics and
+statistics, and maps failures to statuses. Protocols only decode their input and encode the reply.
+
+Order of work, cheapest refusal first: a full queue is refused before the input is read or decoded (the
+caller's `decode` is not even called), then the input is decoded and validated against the model being
+served, queued on its batcher, and awaited (watching for the client to go away when the wait is long).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from server.backends import ModelSpec
+from server.batcher import BatcherClosed, DeadlineExceeded, DynamicBatcher, PendingRequest, Timing
+from server.service import PolicyService, ServiceUnavailable
+from server.validation import ActOptions, InvalidRequest, observations_array
+
+# A disconnect watcher costs a task per request: only worth it when the wait is long enough to matter.
+WATCH_DISCONNECTS_AFTER_S = 0.002
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A protocol's input, decoded but not yet validated against the served model."""
+
+    observations: object  # nested lists or an array: [n_agents][obs_dim] or [batch][n_agents][obs_dim]
+    options: ActOptions
+    field: str = "observations"  # named in the validation errors
+
+
+@dataclass(slots=True)
+class Reply:
+    """What a protocol encodes: actions (same nesting as the observations) or an error."""
+
+    status: int
+    actions: np.ndarray | None = None
+    spec: ModelSpec | None = None
+    timing: Timing | None = None
+    options: ActOptions | None = None
+    error: str | None = None
+    field: str | None = None
+    headers: dict[str, str] | None = None  # e.g. retry-after on 503
+
+    def error_body(self) -> dict:
+        return {"error": self.error, "field": self.field}
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer: nobody to reply to."""
+
+
+async def serve(
+    service: PolicyService,
+    protocol: str,
+    decode: Callable[[], Awaitable[Decoded]] | Callable[[], Decoded],
+    receive: Callable[[], Awaitable[dict]] | None = None,
+) -> Reply:
+    """Run one request; `decode()` (sync or async) reads and parses the protocol's input and raises
+    `InvalidRequest` naming the field; `receive` (ASGI) lets a long wait notice a disconnect. Raises
+    `ClientGone` when the client left (counted as cancelled), never anything else."""
+    started = time.perf_counter()
+    service.inflight += 1
+    outcome = "ok"
+    try:
+        refusal = service.shed()
+        if refusal is not None:
+            raise refusal
+        decoded = decode()
+        if not isinstance(decoded, Decoded):
+            decoded = await decoded
+        current = service.runtime
+        alone = service.inflight == 1 and current is not None and current.batcher is not None
+        if alone and current.batcher.idle():
+            # Alone, as far as this task knows. One round of the loop lets requests that arrived with it
+            # start (and count themselves in flight): then they batch together instead of going one by one.
+            await asyncio.sleep(0)
+        # No await from here to queuing: a reload cannot swap the model between validation and batcher.
+        runtime = service.current()
+        spec = runtime.spec
+        obs, batched = observations_array(
+            decoded.observations, spec, service.settings.max_batch_rows, decoded.field
+        )
+        result = service.run_now(runtime, obs, decoded.options) if alone else None
+        if result is None:
+            pending = service.submit(runtime, obs, decoded.options)
+            result = await _await_watching(runtime.batcher, pending, receive)
+        actions, timing = result
+        service.record_success(runtime, obs.shape[0], timing, started)
+        return Reply(200, actions if batched else actions[0], spec, timing, decoded.options)
+    except (asyncio.CancelledError, ClientGone):
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            raise  # the server is shutting down this task
+        outcome = "cancelled"
+        raise ClientGone from None
+    except Exception as error:
+        status, outcome, headers, message = error_status(error)
+        service.record_failure(started)
+        field_name = error.field if isinstance(error, InvalidRequest) else None
+        return Reply(status, error=message, field=field_name, headers=headers)
+    finally:
+        service.inflight -= 1
+        service.observe(protocol, outcome, started)
+
+
+def early_refusal(service: PolicyService, admitted: int) -> bytes | None:
+    """The whole HTTP 503 response for a request refused from its request line alone (`server.protocols`
+    calls this before the headers are even turned into an ASGI scope), or None to admit it. `admitted`:
+    requests admitted this round of the event loop that have not reached the queue yet (one row each)."""
+    runtime = service.runtime
+    if runtime is None or runtime.batcher is None:
+        return None  # loading: `serve` says so
+    batcher = runtime.batcher
+    if batcher.queued_rows + admitted < batcher.max_queue_rows and not batcher.full():
+        return None
+    refusal = service.shed() or ServiceUnavailable(
+        f"queue full ({batcher.queued_rows} of {batcher.max_queue_rows} rows waiting); retry later",
+        batcher.retry_after_s(),
+    )
+    _, outcome, headers, message = error_status(refusal)
+    service.record_failure(time.perf_counter())
+    service.observe(None, outcome, 0.0)  # no protocol yet: counted, not timed
+    body = orjson.dumps({"error": message, "field": None})
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: "
+        + headers["retry-after"].encode()
+        + b"\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+async def _await_watching(
+    batcher: DynamicBatcher | None, pending: PendingRequest, receive: Callable[[], Awaitable[dict]] | None
+) -> tuple:
+    """Await the batcher's answer; if the client disconnects first, its rows are dropped before compute
+    (Triton PR 8982)."""
+    assert batcher is not None
+    if receive is None or batcher.expected_wait_s() < WATCH_DISCONNECTS_AFTER_S:
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+    watcher = asyncio.ensure_future(receive())
+    watcher.add_done_callback(lambda _: pending.cancel())
+    try:
+        return await pending.future
+    finally:
+        watcher.cancel()
+
+
+def error_status(error: BaseException) -> tuple[int, str, dict, str]:
+    """(status, outcome label, extra headers, message) for any failure of an action request."""
+    if isinstance(error, InvalidRequest):
+        return error.status, "invalid", {}, error.message
+    if isinstance(error, ServiceUnavailable):
+        return 503, "rejected", {"retry-after": str(max(1, round(error.retry_after_s)))}, str(error)
+    if isinstance(error, DeadlineExceeded):
+        return 504, "timeout", {}, "deadline exceeded: the server is overloaded; retry with backoff"
+    if isinstance(error, BatcherClosed):
+        return 503, "rejected", {"retry-after": "1"}, str(error)
+    return 500, "error", {}, f"internal error: {type(error).__name__}: {error}"
+
+
+def timing_dict(timing: Timing) -> dict:
+    return {"queue_us": round(timing.queue_s * 1e6), "compute_us": round(timing.compute_s * 1e6)}
+
+
+def act_body(reply: Reply) -> dict:
+    """The `/act` (and WebSocket) JSON answer of a successful reply."""
+    assert reply.spec is not None and reply.timing is not None and reply.options is not None
+    return {
+        "actions": reply.actions,
+        "model": reply.spec.name,
+        "version": reply.spec.version,
+        "request_id": reply.options.request_id,
+        "timing": timing_dict(reply.timing),
+    }
+
+
+def dumps(payload: dict) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
