@@ -328,6 +328,8 @@ def train(
         quality=metadata.get("quality"),
         transitions=int(np.asarray(dataset.observations).shape[0]),
         reference_returns=reference_returns,
+        # With their standard errors (datasets of format 2), for pages that report the references.
+        references=metadata.get("references"),
     )
 
     torch.manual_seed(config.seed)
