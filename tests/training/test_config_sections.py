@@ -114,3 +114,30 @@ def test_training_doc_prose_states_the_time_sampler_defaults_of_the_config():
     text = DOC.read_text()
     assert f"`time_sampler={defaults['time_sampler']}`" in text and "default" in text
     assert f"`equal_time_ratio={defaults['equal_time_ratio']}`" in text
+
+
+def test_published_omar_settings_are_valid_overrides_for_every_dataset():
+    from training.data.format import QUALITIES
+    from training.envs import ENV_NAMES
+    from training.published_settings import published_overrides
+
+    for env in ENV_NAMES:
+        for quality in QUALITIES:
+            overrides = published_overrides("omar", env, quality)
+            assert overrides, f"no published OMAR settings for {env}/{quality}"
+            load_config(None, overrides)  # each one names a real field with a valid value
+    # ling-pan/OMAR's env_config_map: simple_spread omar_coe 1.0 everywhere, cql_alpha 0.5/1/5/5.
+    expected = {"random": 0.5, "medium-replay": 1.0, "medium": 5.0, "expert": 5.0}
+    for quality, weight in expected.items():
+        config = load_config(None, published_overrides("omar", "cooperative_navigation", quality))
+        assert (config.omar.coef, config.omar.cql_weight, config.omar.search) == (1.0, weight, "softmax")
+    config = load_config(None, published_overrides("omar", "predator_prey", "medium"))
+    assert (config.omar.coef, config.omar.cql_weight) == (0.7, 5.0)
+    config = load_config(None, published_overrides("omar", "halfcheetah_2x3", "expert"))
+    assert (config.omar.search, config.omar.iterations, config.omar.samples, config.omar.elites) == (
+        "elite",
+        2,
+        20,
+        5,
+    )
+    assert published_overrides("om2p", "cooperative_navigation", "expert") == []
