@@ -125,6 +125,8 @@ class OMARConfig(TD3Config):
                 "omar.elites",
                 f"{self.elites} exceeds omar.samples ({self.samples})",
             )
+            # The elites' standard deviation is the next round's: one elite has none.
+            _check(self.elites >= 2, "omar.elites", f"the elite search needs at least 2, got {self.elites}")
         _check(self.init_std > 0.0, "omar.init_std", f"{self.init_std} must be positive")
 
 

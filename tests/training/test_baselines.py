@@ -299,6 +299,14 @@ def test_invalid_baseline_fields_are_refused_by_name(field, value, make_config):
         make_config(**{field: value})
 
 
+def test_elite_search_needs_two_elites_and_no_more_than_its_samples(make_config):
+    with pytest.raises(ValueError, match=r"'omar\.elites': the elite search needs at least 2"):
+        make_config(**{"omar.search": "elite", "omar.elites": 1})
+    with pytest.raises(ValueError, match=r"'omar\.elites': 30 exceeds omar\.samples"):
+        make_config(**{"omar.search": "elite", "omar.elites": 30})
+    make_config(**{"omar.elites": 30})  # the softmax search has no elites
+
+
 @pytest.mark.parametrize("name", ["flow", "diffusion"])
 def test_k_step_policies_export_to_onnx_with_parity(name, tmp_path):
     pytest.importorskip("onnxruntime")
