@@ -13,9 +13,9 @@ import numpy as np
 
 SAMPLERS = {
     "om2p (1 step)": ("om2p", {}),
-    "flow (10 steps)": ("flow", {"flow_steps": 10}),
-    "diffusion (10 steps)": ("diffusion", {"diffusion_steps": 10}),
-    "diffusion (200 steps)": ("diffusion", {"diffusion_steps": 200}),
+    "flow (10 steps)": ("flow", {"flow.steps": 10}),
+    "diffusion (10 steps)": ("diffusion", {"diffusion.steps": 10}),
+    "diffusion (200 steps)": ("diffusion", {"diffusion.steps": 200}),
 }
 BATCHES = (1, 64, 1024)
 ENV, HIDDEN = "cooperative_navigation", [256, 256]
@@ -39,7 +39,9 @@ def _policy(algo: str, overrides: dict):
     from training.envs import env_spec
 
     spec = env_spec(ENV)
-    config = TrainConfig(algo=algo, env=ENV, actor_hidden=HIDDEN, critic_hidden=HIDDEN, **overrides)
+    config = TrainConfig.from_dict(
+        {"algo": algo, "env": ENV, "actor_hidden": HIDDEN, "critic_hidden": HIDDEN, **overrides}
+    )
     mean, std = torch.zeros(spec.n_agents, spec.obs_dim), torch.ones(spec.n_agents, spec.obs_dim)
     policy = get_algorithm(algo).build_policy(spec, config, mean, std).eval()
     return policy, spec

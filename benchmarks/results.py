@@ -32,6 +32,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from training.data.format import QUALITIES
+from training.published_settings import published_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_ALGO = "om2p"
@@ -66,15 +67,12 @@ FULL_DEFAULTS: dict[str, Any] = {
     "steps": 5000,
     "eval_every": 1000,
     "eval_episodes": 50,
-    # Sized for one CPU core per run; OMAR's search is cut to fit the same budget (docs/results.md says so).
+    # Sized for one CPU core per run. OMAR runs its published search and per-dataset weights
+    # (training/published_settings.py, added to every omar run by `Settings.run_overrides`).
     "set": [
         "actor_hidden=[128,128]",
         "critic_hidden=[128,128]",
         "batch_size=128",
-        "omar_iterations=1",
-        "omar_samples=8",
-        "omar_top_k=2",
-        "cql_samples=4",
         "alpha=10",
     ],
     # The Q weight per dataset, as the OM2P reference tunes it (chosen on seed 0; docs/results.md).
@@ -197,10 +195,12 @@ class Settings:
         return self.data / env / f"{quality}.npz"
 
     def run_overrides(self, run: Run) -> list[str]:
-        # One thread per run: `--jobs` processes share the cores. A cell's own overrides beat the grid's;
-        # ablation overrides come last and win (om2p-alpha0 stays alpha 0 in a cell that sets alpha).
+        # One thread per run: `--jobs` processes share the cores. The published per-dataset settings of a
+        # baseline come first, a cell's own overrides beat the grid's; ablation overrides come last and win
+        # (om2p-alpha0 stays alpha 0 in a cell that sets alpha).
+        published = published_overrides(run.algo, run.env, run.quality)
         cell = self.cell_overrides.get((run.env, run.quality), [])
-        return ["num_threads=1", *self.overrides, *cell, *run.overrides]
+        return ["num_threads=1", *published, *self.overrides, *cell, *run.overrides]
 
     @property
     def images(self) -> Path:
@@ -854,18 +854,37 @@ def command_template(settings: Settings) -> str:
 
 
 def cell_override_lines(settings: Settings) -> list[str]:
-    """The per-cell overrides (`--cell-set`), which the command template above does not show."""
-    if not settings.cell_overrides:
-        return []
-    return [
-        "Per-dataset settings, given to every algorithm of the cell (after the `--set`s above):",
-        "",
-        *(
-            f"- {env} / {quality}: " + ", ".join(f"`{o}`" for o in overrides)
-            for (env, quality), overrides in settings.cell_overrides.items()
-        ),
-        "",
-    ]
+    """The per-cell overrides (`--cell-set`) and the baselines' published per-dataset settings, which the
+    command template above does not show."""
+    lines = []
+    published = {
+        (algo, env, quality): overrides
+        for algo in settings.algos
+        for env, quality in settings.cells
+        if (overrides := published_overrides(algo, env, quality))
+    }
+    if published:
+        lines += [
+            "Published per-dataset settings of the baselines (`training/published_settings.py`), given before"
+            " the `--set`s above:",
+            "",
+            *(
+                f"- {algo}, {env} / {quality}: " + ", ".join(f"`{o}`" for o in overrides)
+                for (algo, env, quality), overrides in published.items()
+            ),
+            "",
+        ]
+    if settings.cell_overrides:
+        lines += [
+            "Per-dataset settings, given to every algorithm of the cell (after the `--set`s above):",
+            "",
+            *(
+                f"- {env} / {quality}: " + ", ".join(f"`{o}`" for o in overrides)
+                for (env, quality), overrides in settings.cell_overrides.items()
+            ),
+            "",
+        ]
+    return lines
 
 
 def inference_lines(rows: Sequence[dict[str, Any]]) -> list[str]:

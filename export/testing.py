@@ -18,7 +18,7 @@ def write_checkpoint(run_dir: Path, env: str = "cooperative_navigation", **confi
     from training.checkpoint import INFO_FILE, save_untrained
     from training.config import TrainConfig
 
-    step_dir = save_untrained(run_dir, env, TrainConfig(**{**SMALL_CONFIG, **config}))
+    step_dir = save_untrained(run_dir, env, TrainConfig.from_dict({**SMALL_CONFIG, **config}))
     info_path = step_dir / INFO_FILE
     info = json.loads(info_path.read_text())
     info["obs_mean"] = [

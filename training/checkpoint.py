@@ -181,7 +181,7 @@ def load_policy(
 
     info = read_info(path)
     check_env(info, env)
-    config = TrainConfig.from_dict(info.config, source=str(info.path / INFO_FILE))
+    config = TrainConfig.from_checkpoint_dict(info.config, source=str(info.path / INFO_FILE))
     spec = _spec_from_dict(info.env_spec)
     obs_mean, obs_std = torch.tensor(info.obs_mean), torch.tensor(info.obs_std)
     policy = get_algorithm(info.algo).build_policy(spec, config, obs_mean, obs_std)

@@ -26,6 +26,137 @@ def _doc(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
 
+def _check(ok: bool, name: str, problem: str) -> None:
+    if not ok:
+        raise ValueError(f"config field {name!r}: {problem}")
+
+
+@dataclass
+class FlowConfig:
+    """`flow` (training/algos/flow.py): flow matching plus the normalised Q loss through the Euler chain."""
+
+    steps: int = _doc(10, "Euler steps K of the flow policy (K network evaluations per action)")
+
+    def validate(self) -> None:
+        _check(self.steps >= 1, "flow.steps", f"must be at least 1, got {self.steps}")
+
+
+@dataclass
+class DiffusionConfig:
+    """`diffusion` (training/algos/diffusion.py): Diffusion-QL with a DDIM sampler."""
+
+    steps: int = _doc(10, "DDPM/DDIM steps K (K network evaluations per action)")
+
+    def validate(self) -> None:
+        _check(self.steps >= 1, "diffusion.steps", f"must be at least 1, got {self.steps}")
+
+
+@dataclass
+class TD3Config:
+    """The MA-TD3 machinery that `matd3bc` and `omar` share (one copy per section: each has its defaults)."""
+
+    policy_delay: int = _doc(2, "critic updates per actor and target-network update (TD3)")
+    target_noise: float = _doc(0.2, "std of the target-policy smoothing noise (TD3; 0 turns it off)")
+    target_noise_clip: float = _doc(0.5, "clip of the target-policy smoothing noise (TD3)")
+
+    def validate(self) -> None:
+        name = SECTION_NAMES[type(self)]
+        _check(self.policy_delay >= 1, f"{name}.policy_delay", f"must be at least 1, got {self.policy_delay}")
+        for key in ("target_noise", "target_noise_clip"):
+            value = getattr(self, key)
+            _check(value >= 0.0, f"{name}.{key}", f"must not be negative, got {value}")
+
+
+@dataclass
+class MATD3BCConfig(TD3Config):
+    """`matd3bc` (training/algos/matd3bc.py): TD3+BC per agent."""
+
+    alpha: float = _doc(2.5, "TD3+BC's alpha: actor loss -alpha Q/mean|Q| + MSE(pi(o), a)")
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self.alpha >= 0.0, "matd3bc.alpha", f"must not be negative, got {self.alpha}")
+
+
+OMAR_SEARCHES = ("softmax", "elite")
+
+
+@dataclass
+class OMARConfig(TD3Config):
+    """`omar` (training/algos/omar.py). Defaults: the published code's (github.com/ling-pan/OMAR,
+    `main.py` and `algorithms/maddpg.py`) for the particle environments; its per-dataset `coef` and
+    `cql_weight` are in `training/published_settings.py`."""
+
+    # The published MATD3 has neither target-policy smoothing nor delayed actor updates.
+    policy_delay: int = _doc(1, "critic updates per actor and target-network update (published: 1)")
+    target_noise: float = _doc(0.0, "std of the target-policy smoothing noise (published: none)")
+    cql_weight: float = _doc(1.0, "weight of the CQL regulariser in the critic loss (per dataset: 0.5..5)")
+    cql_samples: int = _doc(10, "uniform random actions per state in the CQL log-sum-exp")
+    coef: float = _doc(1.0, "tau of the actor loss (1 - tau)(-Q) + tau ||pi(o) - a_hat||^2 (omar_coe)")
+    search: str = _doc(
+        "softmax", "action search: softmax (MPE: softmax-Q-weighted mean) or elite (MaMuJoCo: CEM elites)"
+    )
+    iterations: int = _doc(3, "iterations of the action search for a_hat")
+    samples: int = _doc(10, "Gaussian samples per iteration of the search")
+    elites: int = _doc(5, "elite search only: the best samples that refit its mean and std")
+    init_mean: float = _doc(0.0, "mean of the search's first Gaussian (every action entry)")
+    init_std: float = _doc(2.0, "std of the search's first Gaussian (samples are clipped to [-1, 1])")
+    critic_grad_clip: float = _doc(0.5, "per-agent gradient-norm clip of the critics (0: none)")
+    actor_grad_clip: float = _doc(0.5, "per-agent gradient-norm clip of the actors (0: none)")
+    actor_l2: float = _doc(1e-3, "weight of the L2 term mean(pi(o)^2) on the actor's output")
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("cql_weight", "critic_grad_clip", "actor_grad_clip", "actor_l2"):
+            value = getattr(self, key)
+            _check(value >= 0.0, f"omar.{key}", f"must not be negative, got {value}")
+        for key in ("cql_samples", "iterations", "samples", "elites"):
+            value = getattr(self, key)
+            _check(value >= 1, f"omar.{key}", f"must be at least 1, got {value}")
+        _check(0.0 <= self.coef <= 1.0, "omar.coef", f"{self.coef} must lie in [0, 1]")
+        _check(
+            self.search in OMAR_SEARCHES,
+            "omar.search",
+            f"{self.search!r} is not one of {', '.join(OMAR_SEARCHES)}",
+        )
+        if self.search == "elite":
+            _check(
+                self.elites <= self.samples,
+                "omar.elites",
+                f"{self.elites} exceeds omar.samples ({self.samples})",
+            )
+            # The elites' standard deviation is the next round's: one elite has none.
+            _check(self.elites >= 2, "omar.elites", f"the elite search needs at least 2, got {self.elites}")
+        _check(self.init_std > 0.0, "omar.init_std", f"{self.init_std} must be positive")
+
+
+SECTION_NAMES: dict[type, str] = {
+    FlowConfig: "flow",
+    DiffusionConfig: "diffusion",
+    MATD3BCConfig: "matd3bc",
+    OMARConfig: "omar",
+}
+"""Each per-algorithm section's field name in `TrainConfig`."""
+
+MOVED_FIELDS = {
+    "flow_steps": "flow.steps",
+    "diffusion_steps": "diffusion.steps",
+    "td3bc_alpha": "matd3bc.alpha",
+    "policy_delay": "matd3bc.policy_delay",
+    "target_noise": "matd3bc.target_noise",
+    "target_noise_clip": "matd3bc.target_noise_clip",
+    "cql_weight": "omar.cql_weight",
+    "cql_samples": "omar.cql_samples",
+    "omar_coef": "omar.coef",
+    "omar_iterations": "omar.iterations",
+    "omar_samples": "omar.samples",
+    "omar_top_k": "omar.elites",
+    "omar_init_std": "omar.init_std",
+}
+"""Flat baseline fields of config files before the per-algorithm sections, and where each lives now.
+(`policy_delay` and the target noise were shared by matd3bc and omar; omar has its own copies now.)"""
+
+
 @dataclass
 class TrainConfig:
     """Hyperparameters of one training run (OM2P and the baselines that share the trainer)."""
@@ -77,20 +208,14 @@ class TrainConfig:
     adaptive_loss_power: float = _doc(0.0, "MeanFlow adaptive weight 1/(|err|^2 + c)^p; 0 = plain MSE")
     sampling_steps: int = _doc(1, "network evaluations per action at inference (1 = one-step OM2P)")
 
-    # Baselines (training/algos/{bc,matd3bc,omar,flow,diffusion}.py); bc uses the mean-flow fields above.
-    flow_steps: int = _doc(10, "flow: Euler steps K of the flow policy (K network evaluations per action)")
-    diffusion_steps: int = _doc(10, "diffusion: DDPM/DDIM steps K (K network evaluations per action)")
-    td3bc_alpha: float = _doc(2.5, "matd3bc: TD3+BC's alpha, actor loss -alpha Q/mean|Q| + MSE(pi(o), a)")
-    policy_delay: int = _doc(2, "matd3bc, omar: critic updates per actor and target-network update (TD3)")
-    target_noise: float = _doc(0.2, "matd3bc, omar: std of the target-policy smoothing noise (TD3)")
-    target_noise_clip: float = _doc(0.5, "matd3bc, omar: clip of the target-policy smoothing noise (TD3)")
-    cql_weight: float = _doc(1.0, "omar: weight of the CQL regulariser in the critic loss")
-    cql_samples: int = _doc(10, "omar: uniform random actions per state in the CQL log-sum-exp")
-    omar_coef: float = _doc(0.7, "omar: tau of the actor loss (1 - tau)(-Q) + tau ||pi(o) - a_hat||^2")
-    omar_iterations: int = _doc(2, "omar: iterations of the zeroth-order search for a_hat")
-    omar_samples: int = _doc(10, "omar: Gaussian samples per iteration of the search")
-    omar_top_k: int = _doc(3, "omar: elites (best by Q) that refit the search's mean and std")
-    omar_init_std: float = _doc(0.5, "omar: initial std of the search, centred on the policy's action")
+    # Baselines: one section per algorithm (`--set omar.cql_weight=5`, YAML `omar: {cql_weight: 5}`); bc uses
+    # the mean-flow fields above.
+    flow: FlowConfig = field(default_factory=lambda: FlowConfig(), metadata={"doc": "flow baseline"})
+    diffusion: DiffusionConfig = field(
+        default_factory=lambda: DiffusionConfig(), metadata={"doc": "diffusion baseline"}
+    )
+    matd3bc: MATD3BCConfig = field(default_factory=lambda: MATD3BCConfig(), metadata={"doc": "MA-TD3+BC"})
+    omar: OMARConfig = field(default_factory=lambda: OMARConfig(), metadata={"doc": "OMAR"})
 
     # Evaluation, logging, checkpoints.
     eval_every: int = _doc(1000, "steps between evaluations and checkpoints (0: only at the end)")
@@ -123,13 +248,6 @@ class TrainConfig:
             "eval_episodes",
             "eval_envs",
             "log_every",
-            "flow_steps",
-            "diffusion_steps",
-            "policy_delay",
-            "cql_samples",
-            "omar_iterations",
-            "omar_samples",
-            "omar_top_k",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -145,35 +263,114 @@ class TrainConfig:
             raise ValueError(f"config field 'equal_time_ratio': {self.equal_time_ratio} must lie in [0, 1]")
         if not 0.0 <= self.tau <= 1.0 or not 0.0 <= self.gamma <= 1.0:
             raise ValueError("config fields 'tau' and 'gamma' must lie in [0, 1]")
-        for name in ("td3bc_alpha", "target_noise", "target_noise_clip", "cql_weight"):
-            if getattr(self, name) < 0.0:
-                raise ValueError(f"config field {name!r} must not be negative, got {getattr(self, name)}")
-        if not 0.0 <= self.omar_coef <= 1.0:
-            raise ValueError(f"config field 'omar_coef': {self.omar_coef} must lie in [0, 1]")
-        if self.omar_top_k > self.omar_samples:
-            raise ValueError(
-                f"config field 'omar_top_k': {self.omar_top_k} exceeds omar_samples ({self.omar_samples})"
-            )
-        if not self.omar_init_std > 0.0:
-            raise ValueError(f"config field 'omar_init_std': {self.omar_init_std} must be positive")
         if not self.actor_hidden or not self.critic_hidden:
             raise ValueError("config fields 'actor_hidden' and 'critic_hidden' need at least one layer")
+        for section in SECTION_NAMES.values():
+            getattr(self, section).validate()
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; each per-algorithm section is a nested mapping."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown config field(s) {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        values = {name: _coerce(name, hints[name], value, source) for name, value in data.items()}
-        return cls(**values)
+        """Build from a mapping of field: value; `section.key` names and partial sections are accepted, the
+        flat names of the fields that moved into sections are refused with the new name."""
+        moved = sorted(name for name in data if name in MOVED_FIELDS)
+        if moved:
+            hints = ", ".join(f"{name!r} is now {MOVED_FIELDS[name]!r}" for name in moved)
+            raise ValueError(f"{source}: config field(s) moved into per-algorithm sections: {hints}")
+        return _build(cls, nest(data, source), source, "")
+
+    @classmethod
+    def from_checkpoint_dict(cls, data: dict[str, Any], source: str = "checkpoint") -> TrainConfig:
+        """`from_dict` for a config recorded by a run (checkpoint.json): flat names written before the
+        per-algorithm sections existed are moved into them first, so old checkpoints keep loading."""
+        return cls.from_dict(upgrade_flat_fields(data), source)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with `changes`: field=value, a section as a (partial) mapping, or `**{"omar.coef": 0.5}`."""
+        return TrainConfig.from_dict(deep_merge(self.to_dict(), nest(changes, "replace")))
+
+
+def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
+    """`cls(**data)` after checking names and types; `prefix` is the section's `name.` in messages."""
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{source}: field {prefix.rstrip('.')!r} must be a mapping of field: value, got {data!r}"
+        )
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown config field(s) {', '.join(prefix + name for name in unknown)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = (
+                value
+                if isinstance(value, hints[name])
+                else _build(hints[name], value, source, f"{prefix}{name}.")
+            )
+        else:
+            values[name] = _coerce(prefix + name, hints[name], value, source)
+    return cls(**values)
+
+
+def nest(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """`{"omar.coef": 1}` -> `{"omar": {"coef": 1}}`, merged with any `omar:` mapping already there."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        section, dot, name = key.partition(".")
+        if not dot:
+            out[key] = deep_merge(out[key], value) if isinstance(out.get(key), dict) else value
+            continue
+        if section not in SECTION_NAMES.values():
+            raise ValueError(f"{source}: unknown config section {section!r} in {key!r}")
+        existing = out.setdefault(section, {})
+        if not isinstance(existing, dict):
+            raise ValueError(f"{source}: field {section!r} must be a mapping of field: value")
+        existing[name] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], changes: Any) -> Any:
+    """`changes` over `base`, section by section (a partial section keeps the other fields of `base`)."""
+    if not isinstance(changes, dict):
+        return changes
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The inverse of `nest`: `{"omar": {"coef": 1}}` -> `{"omar.coef": 1}`."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+_SHARED_TD3 = ("policy_delay", "target_noise", "target_noise_clip")
+
+
+def upgrade_flat_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with the pre-section flat baseline fields moved into their sections. The TD3 fields
+    were shared by matd3bc and omar, so both sections get the recorded value."""
+    data = dict(data)
+    for old in [name for name in data if name in MOVED_FIELDS]:
+        value = data.pop(old)
+        targets = [f"matd3bc.{old}", f"omar.{old}"] if old in _SHARED_TD3 else [MOVED_FIELDS[old]]
+        for target in targets:
+            section, _, name = target.partition(".")
+            data.setdefault(section, {})
+            if isinstance(data[section], dict):
+                data[section] = {**data[section], name: value}
+    return data
 
 
 def _coerce(name: str, hint: Any, value: Any, source: str) -> Any:
@@ -225,18 +422,47 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must be a mapping of field: value")
         data.update(loaded or {})
+    source = str(path) if path is not None else "config"
+    data = nest(data, source)
     data.update({k: v for k, v in explicit.items() if v is not None})
     for text in overrides or []:
         key, value = parse_override(text)
-        data[key] = value
-    source = str(path) if path is not None else "config"
+        if key in MOVED_FIELDS:
+            raise ValueError(f"--set {text!r}: config field {key!r} is now {MOVED_FIELDS[key]!r}")
+        data = deep_merge(data, nest({key: value}, f"--set {text!r}"))
     return TrainConfig.from_dict(data, source=source)
 
 
+def field_defaults() -> list[tuple[str, Any, str]]:
+    """`(name, default, description)` of every field, sections' fields as `section.name`, in class order."""
+
+    def rows(cls: type, prefix: str) -> list[tuple[str, Any, str]]:
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if dataclasses.is_dataclass(default):
+                out.extend(rows(type(default), f"{prefix}{f.name}."))
+            else:
+                out.append((prefix + f.name, getattr(default, "value", default), f.metadata["doc"]))
+        return out
+
+    return rows(TrainConfig, "")
+
+
 def describe_fields() -> str:
-    """One line per field: name, type, default and description (for `om2p train --help-config`)."""
-    lines = []
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"{f.name:<24} {json.dumps(default):<22} {f.metadata['doc']}")
+    """One line per field: name, default and description (for `om2p train --help-config`)."""
+    return "\n".join(f"{name:<24} {json.dumps(default):<22} {doc}" for name, default, doc in field_defaults())
+
+
+def defaults_table() -> str:
+    """The markdown table of every field's default that docs/training.md holds (a test compares the two;
+    `python -m training.config` prints it)."""
+    lines = ["| field | default | meaning |", "| --- | --- | --- |"]
+    for name, default, doc in field_defaults():
+        escaped = doc.replace("|", "\\|")
+        lines.append(f"| `{name}` | `{json.dumps(default)}` | {escaped} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(defaults_table())

@@ -23,7 +23,7 @@ from training.checkpoint import (
     save_checkpoint,
     sha256_of,
 )
-from training.config import TrainConfig
+from training.config import TrainConfig, deep_merge, flatten, upgrade_flat_fields
 from training.cuda_graphs import GraphedStep, make_capturable
 from training.envs import EnvSpec, env_spec, evaluate_policy
 from training.policy import PolicyModule
@@ -280,12 +280,17 @@ def _restore_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     # A field the checkpoint does not record was added after it was written: the run used its default.
-    saved = {**TrainConfig().to_dict(), **saved}
-    changed = sorted(
-        k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
-    )
+    # Flat baseline fields of checkpoints written before the per-algorithm sections move into them.
+    # Only the run's own algorithm section matters: the other algorithms' settings do not change this run.
+    saved = flatten(deep_merge(TrainConfig().to_dict(), upgrade_flat_fields(saved)))
+    current = {
+        k: v
+        for k, v in flatten(config.to_dict()).items()
+        if "." not in k or k.partition(".")[0] == config.algo
+    }
+    changed = sorted(k for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise CheckpointError(f"{path}: cannot resume with a different configuration ({details})")
 
 
@@ -325,6 +330,8 @@ def train(
         quality=metadata.get("quality"),
         transitions=int(np.asarray(dataset.observations).shape[0]),
         reference_returns=reference_returns,
+        # With their standard errors (datasets of format 2), for pages that report the references.
+        references=metadata.get("references"),
     )
 
     torch.manual_seed(config.seed)

@@ -36,7 +36,7 @@ def synthetic_dataset(quality: str, episodes: int = 4, seed: int = 0) -> Offline
     ends[spec.episode_length - 1 :: spec.episode_length] = True
     returns = episode_returns(rewards, ends)
     metadata = dataset_metadata(
-        spec, quality, seed, t, returns, {"expert": -40.0, "random": -150.0}, "synthetic"
+        spec, quality, seed, t, returns, {"expert": {"mean": -40.0}, "random": {"mean": -150.0}}, "synthetic"
     )
     return OfflineDataset(
         observations=rng.normal(size=(t, n, spec.obs_dim)).astype(np.float32),

@@ -26,7 +26,7 @@ def checkpoint_root(tiny_run, tmp_path_factory) -> Path:
     from training.behaviour.registry import ship_behaviour
 
     root = tmp_path_factory.mktemp("checkpoints")
-    ship_behaviour(tiny_run, ENV, root, replay_every=1, eval_episodes=4)
+    ship_behaviour(tiny_run, ENV, root, replay_every=1, eval_episodes=4, reference_episodes=6)
     return root
 
 

@@ -49,7 +49,7 @@ def test_shipped_manifest_orders_the_qualities(checkpoint_root):
 def test_ship_can_pick_on_fresh_evaluations(tiny_run, tmp_path):
     from training.behaviour.registry import ship_behaviour
 
-    manifest = ship_behaviour(tiny_run, ENV, tmp_path, replay_every=1, eval_episodes=2, selection_episodes=3)
+    manifest = ship_behaviour(tiny_run, ENV, tmp_path, replay_every=1, eval_episodes=2, selection_episodes=3, reference_episodes=2)
     run_history = {h["step"]: h["mean_return"] for h in json.loads((tiny_run / "evaluations.json").read_text())}
     expert = manifest["qualities"]["expert"]
     assert manifest["selection_episodes"] == 3

@@ -137,31 +137,25 @@ def test_normalised_score():
 
 def test_omar_layout_round_trip(tiny_dataset, tmp_path, capsys):
     data_dir = export_omar(tiny_dataset, tmp_path / "omar" / "simple_spread" / "expert" / "seed_0_data")
-    imported = import_omar(
-        data_dir, ENV, "expert", reference_returns=tiny_dataset.metadata["reference_returns"]
-    )
+    imported = import_omar(data_dir, ENV, "expert", references=tiny_dataset.metadata["references"])
     for name in ("observations", "actions", "rewards", "next_observations", "dones", "episode_ends"):
         np.testing.assert_array_equal(getattr(imported, name), getattr(tiny_dataset, name))
     np.testing.assert_allclose(imported.episode_returns, tiny_dataset.episode_returns, rtol=1e-5)
+    assert imported.metadata["references"] == tiny_dataset.metadata["references"]
     out = tmp_path / "imported.npz"
-    assert (
-        main(
-            [
-                "data",
-                "import-omar",
-                "--root",
-                str(tmp_path / "omar"),
-                "--env",
-                ENV,
-                "--quality",
-                "expert",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    assert load_dataset(out, env=ENV).transitions == 100
+    command = ["data", "import-omar", "--root", str(tmp_path / "omar"), "--env", ENV, "--quality", "expert"]
+    command += ["--out", str(out)]
+    # No guessed references: both flags are required.
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--expert-return", "-10"])
+    assert exit_info.value.code == 2 and "--random-return" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="random reference return is required"):
+        import_omar(data_dir, ENV, "expert", references={"expert": -10.0})
+    assert main([*command, "--expert-return", "-10", "--random-return", "-30", "--expert-se", "0.1"]) == 0
+    loaded = load_dataset(out, env=ENV)
+    assert loaded.transitions == 100 and loaded.metadata["reference_returns"] == {"expert": -10.0, "random": -30.0}
+    assert loaded.metadata["references"]["expert"]["se"] == 0.1 and loaded.metadata["references"]["random"]["se"] is None
+    assert "random reference  -30.00 (SE unknown)" in capsys.readouterr().out
 
 
 def test_report_states_what_the_files_hold(tiny_dataset, checkpoint_root, tmp_path):
@@ -196,3 +190,71 @@ def test_behaviour_command_names_the_flags_that_differ():
     # A manifest written before a field existed reads as that field's default.
     del config["pursuit_shaping"]
     assert "--pursuit-shaping" not in behaviour_command("predator_prey", config)
+
+
+def test_references_come_from_the_committed_file_with_standard_errors(tiny_dataset, checkpoint_root):
+    from training.data.references import load_references
+
+    committed = load_references(ENV, checkpoint_root)
+    references = tiny_dataset.metadata["references"]
+    for name in ("expert", "random"):
+        assert references[name]["episodes"] == 6  # the fixture's small count (the default is 1,000)
+        assert references[name]["mean"] == committed[name]["mean"]
+        assert references[name]["se"] == pytest.approx(committed[name]["std"] / np.sqrt(6))
+        assert tiny_dataset.metadata["reference_returns"][name] == references[name]["mean"]
+
+
+def test_collect_refuses_missing_or_stale_references(checkpoint_root, tmp_path):
+    import shutil
+
+    from training.data.references import REFERENCES_FILE
+
+    root = tmp_path / "checkpoints"
+    shutil.copytree(checkpoint_root, root)
+    path = root / ENV / REFERENCES_FILE
+    stale = json.loads(path.read_text())
+    stale["expert"]["sha256"] = "0" * 64
+    path.write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match=f"another actor.*om2p data references --env {ENV} --root {root}"):
+        collect(ENV, "expert", 25, checkpoints_root=root, progress=False)
+    path.unlink()
+    with pytest.raises(ValueError, match=f"no reference returns.*om2p data references --env {ENV}"):
+        collect(ENV, "expert", 25, checkpoints_root=root, progress=False)
+
+
+def test_references_command_measures_and_writes_the_file(checkpoint_root, tmp_path, capsys):
+    import shutil
+
+    from training.data.references import load_references
+
+    root = tmp_path / "checkpoints"
+    shutil.copytree(checkpoint_root, root)
+    assert main(["data", "references", "--env", ENV, "--episodes", "5", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    written = load_references(ENV, root)
+    assert written["expert"]["episodes"] == 5 and written["random"]["episodes"] == 5
+    assert f"expert  {written['expert']['mean']:.3f} +- {written['expert']['se']:.3f}" in out
+
+
+def test_a_dataset_of_the_previous_format_is_refused_with_the_command_that_remakes_it(tiny_dataset, tmp_path):
+    old = dict(tiny_dataset.metadata, format_version=1)
+    del old["references"]
+    path = tmp_path / "old.npz"
+    arrays = {name: getattr(tiny_dataset, name) for name in ("observations", "actions", "rewards")}
+    arrays.update(next_observations=tiny_dataset.next_observations, dones=tiny_dataset.dones)
+    np.savez(path, **arrays, episode_ends=tiny_dataset.episode_ends, metadata=np.array(json.dumps(old)))
+    command = f"om2p data collect --env {ENV} --quality expert --transitions 100 --seed 1 --out {path}"
+    with pytest.raises(DatasetError, match="is 1, this om2p reads version 2") as error:
+        load_dataset(path)
+    assert command in str(error.value)
+
+
+def test_describe_shows_references_with_their_standard_errors(tiny_dataset, tmp_path, capsys):
+    path = save_dataset(tmp_path / "expert.npz", tiny_dataset)
+    assert main(["data", "describe", str(path)]) == 0
+    text = capsys.readouterr().out
+    returns = tiny_dataset.episode_returns
+    se = returns.std(ddof=1) / np.sqrt(len(returns))
+    assert f"mean return       {returns.mean():.2f} +- {se:.2f}  (4 episodes)" in text
+    expert = tiny_dataset.metadata["references"]["expert"]
+    assert f"expert reference  {expert['mean']:.2f} +- {expert['se']:.2f}  (6 episodes)" in text

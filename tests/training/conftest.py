@@ -54,7 +54,7 @@ def tiny_config(**changes) -> TrainConfig:
         log_every=1,
         num_threads=1,
     )
-    return TrainConfig(**{**base, **changes})
+    return TrainConfig.from_dict({**base, **changes})  # `section.name` keys work too: `**{"omar.coef": 0.5}`
 
 
 def random_batch(spec, batch_size: int = 16, seed: int = 0):

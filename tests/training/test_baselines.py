@@ -15,13 +15,14 @@ from training.algos import Batch, available_algorithms, get_algorithm
 from training.algos.diffusion import BETA_MAX, BETA_MIN, DDIMSampler, vp_alpha_bars
 from training.algos.flow import FlowSampler
 from training.algos.matd3bc import masked_mse
-from training.algos.omar import zeroth_order_search
+from training.algos.omar import clip_grad_norm_per_agent, search_actions
 from training.checkpoint import load_policy, load_training_state, read_info
+from training.config import OMARConfig
 from training.envs import env_spec
 from training.trainer import train
 
 BASELINES = ("bc", "matd3bc", "omar", "flow", "diffusion")
-K_STEP = {"flow": "flow_steps", "diffusion": "diffusion_steps"}
+K_STEP = {"flow": "flow.steps", "diffusion": "diffusion.steps"}
 
 
 def build(name: str, spec, config):
@@ -94,7 +95,7 @@ def test_evaluations_per_action(name, spec, make_config):
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_trainer_checkpoint_reloads_with_the_same_actions(name, spec, tmp_path, make_config, make_dataset):
-    config = make_config(algo=name, steps=3, eval_every=3, eval_episodes=1, eval_envs=1, flow_steps=3)
+    config = make_config(algo=name, steps=3, eval_every=3, eval_episodes=1, eval_envs=1, **{"flow.steps": 3})
     result = train(config, tmp_path / "run", dataset=make_dataset(transitions=64), progress=False)
     info = read_info(tmp_path / "run")
     assert (info.algo, info.step) == (name, 3)
@@ -131,7 +132,7 @@ def test_matd3bc_resume_keeps_the_delayed_actor_schedule(tmp_path, make_config, 
     ("name", "changes"),
     [
         ("bc", {"time_sampler": "endpoint", "equal_time_ratio": 0.0}),
-        ("diffusion", {"alpha": 0.0, "diffusion_steps": 5}),
+        ("diffusion", {"alpha": 0.0, "diffusion.steps": 5}),
     ],
 )
 def test_behaviour_cloning_fits_a_tiny_deterministic_dataset(name, changes, spec, make_config):
@@ -208,20 +209,71 @@ def test_flow_euler_chain_follows_the_straight_path():
         torch.testing.assert_close(sampler(torch.zeros(3, 6, 2), torch.randn(3, 6, 4)), x0, rtol=0, atol=1e-5)
 
 
-def test_omar_search_finds_better_actions():
-    torch.manual_seed(0)
-    target = torch.full((2, 64, 3), 0.6)
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]).unsqueeze(1)  # agent 1 has a padded entry
+def _quadratic_q(goal: torch.Tensor, mask: torch.Tensor):
+    """Q(o, a) = -||a - goal||^2 over the real entries: its maximiser is `goal` (inside [-1, 1])."""
 
     def q(obs, actions):
-        goal = target[:, :1].expand_as(actions) * mask
-        return -(actions - goal).square().sum(dim=-1)
+        return -((actions - goal[:, :1].expand_as(actions)) * mask).square().sum(dim=-1)
 
-    start = (torch.rand(2, 64, 3) * 2 - 1) * mask
-    found = zeroth_order_search(q, torch.zeros(2, 64, 5), start, mask, 3, 16, 4, 0.5)
-    assert torch.all(q(None, found) >= q(None, start))  # the start is a candidate: never worse
-    assert q(None, found).mean() > q(None, start).mean() + 0.3
+    return q
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        OMARConfig(),  # the particle environments' search: N(0, 2^2), softmax-weighted, 3 x 10
+        OMARConfig(search="elite", iterations=2, samples=20, elites=5),  # MaMuJoCo's
+    ],
+    ids=["softmax", "elite"],
+)
+def test_omar_search_moves_toward_the_maximiser_of_a_quadratic_q(settings):
+    torch.manual_seed(0)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]).unsqueeze(1)  # agent 1 has a padded entry
+    goal = torch.tensor([0.6, -0.3, 0.2]).expand(2, 256, 3) * mask
+    q = _quadratic_q(goal, mask)
+    policy = torch.full((2, 256, 3), -0.9) * mask  # a poor policy action, far from the maximiser
+    found = search_actions(q, torch.zeros(2, 256, 5), policy, mask, settings)
+    assert torch.all(q(None, found) >= q(None, policy))  # pi(o) is a candidate: never worse
+    distance = ((found - goal) * mask).norm(dim=-1).mean()
+    assert distance < 0.5 * ((policy - goal) * mask).norm(dim=-1).mean()
     assert torch.all(found[1, :, 2] == 0.0) and found.abs().max() <= 1.0
+    # A policy already at the maximiser is kept: no sample beats it.
+    assert torch.equal(search_actions(q, torch.zeros(2, 256, 5), goal, mask, settings), goal)
+
+
+def test_omar_softmax_search_iterations_concentrate_on_the_maximiser():
+    # More rounds of the softmax update move the mean closer: 3 rounds beat 1 on the same quadratic.
+    mask = torch.ones(1, 1, 2)
+    goal = torch.tensor([0.5, -0.5]).expand(1, 2048, 2)
+    q = _quadratic_q(goal, mask)
+    errors = []
+    for iterations in (1, 3):
+        torch.manual_seed(0)
+        found = search_actions(
+            q,
+            torch.zeros(1, 2048, 1),
+            torch.full((1, 2048, 2), -1.0),
+            mask,
+            OMARConfig(iterations=iterations),
+        )
+        errors.append(float((found - goal).norm(dim=-1).mean()))
+    assert errors[1] < errors[0]
+
+
+def test_per_agent_gradient_clipping_scales_each_agent_alone():
+    from training.algos.critics import AgentCritics
+
+    critics = AgentCritics(3, 4, 2, [8])
+    for p in critics.parameters():
+        p.grad = torch.zeros_like(p)
+        p.grad[2:4] = 10.0  # agent 1 (groups 2, 3 of 2 ensemble members each): a large gradient
+        p.grad[4:6] = 1e-3  # agent 2: a small one
+    clip_grad_norm_per_agent(critics, 0.5, groups_per_agent=2)
+    grads = [p.grad for p in critics.parameters()]
+    norm = lambda groups: math.sqrt(sum(float(g[groups].square().sum()) for g in grads))  # noqa: E731
+    assert norm(slice(2, 4)) == pytest.approx(0.5, rel=1e-4)
+    assert norm(slice(4, 6)) < 0.5 and float(grads[0][4].flatten()[0]) == pytest.approx(1e-3)
+    assert norm(slice(0, 2)) == 0.0
 
 
 def test_masked_mse_ignores_padding_and_averages_real_entries():
@@ -233,11 +285,26 @@ def test_masked_mse_ignores_padding_and_averages_real_entries():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("flow_steps", 0), ("diffusion_steps", 0), ("policy_delay", 0), ("omar_top_k", 11), ("omar_coef", 1.5)],
+    [
+        ("flow.steps", 0),
+        ("diffusion.steps", 0),
+        ("matd3bc.policy_delay", 0),
+        ("omar.elites", 0),
+        ("omar.coef", 1.5),
+        ("omar.search", "cem"),
+    ],
 )
 def test_invalid_baseline_fields_are_refused_by_name(field, value, make_config):
     with pytest.raises(ValueError, match=f"'{field}'"):
         make_config(**{field: value})
+
+
+def test_elite_search_needs_two_elites_and_no_more_than_its_samples(make_config):
+    with pytest.raises(ValueError, match=r"'omar\.elites': the elite search needs at least 2"):
+        make_config(**{"omar.search": "elite", "omar.elites": 1})
+    with pytest.raises(ValueError, match=r"'omar\.elites': 30 exceeds omar\.samples"):
+        make_config(**{"omar.search": "elite", "omar.elites": 30})
+    make_config(**{"omar.elites": 30})  # the softmax search has no elites
 
 
 @pytest.mark.parametrize("name", ["flow", "diffusion"])

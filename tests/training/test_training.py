@@ -169,6 +169,7 @@ def _save_npz(path, make_dataset, spec) -> None:
         "episodes": 4,
         "episode_returns": [0.0] * 4,
         "reference_returns": {"expert": -40.0, "random": -150.0},
+        "references": {"expert": {"mean": -40.0, "se": 0.5}, "random": {"mean": -150.0, "se": 1.0}},
         "behaviour_checkpoint_sha256": "0" * 64,
     }
     save_dataset(
@@ -222,7 +223,32 @@ def test_resume_accepts_a_checkpoint_written_before_a_config_field_existed(
     train(config.replace(steps=2), tmp_path / "run", dataset=dataset, progress=False)
     meta_path = read_info(tmp_path / "run").path / "checkpoint.json"
     meta = json.loads(meta_path.read_text())
-    del meta["config"]["omar_top_k"]  # as if written by a version without this field (it ran the default)
+    del meta["config"]["omar"]["elites"]  # as if written by a version without this field (it ran the default)
     meta_path.write_text(json.dumps(meta))
     train(config, tmp_path / "run", dataset=dataset, resume=True, progress=False)
     assert read_info(tmp_path / "run").step == 4
+
+
+def test_resume_accepts_a_checkpoint_with_the_flat_baseline_fields_of_older_versions(
+    tmp_path, make_config, make_dataset
+):
+    import json
+
+    dataset, config = make_dataset(), make_config(algo="flow", steps=4, eval_every=2, **{"flow.steps": 2})
+    train(config.replace(steps=2), tmp_path / "run", dataset=dataset, progress=False)
+    meta_path = read_info(tmp_path / "run").path / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    # Written before the per-algorithm sections: flow_steps, td3bc_alpha, ... at the top level.
+    sections = {name: meta["config"].pop(name) for name in ("flow", "matd3bc")}
+    meta["config"].update(flow_steps=sections["flow"]["steps"], td3bc_alpha=sections["matd3bc"]["alpha"])
+    meta["config"]["policy_delay"] = sections["matd3bc"]["policy_delay"]
+    meta_path.write_text(json.dumps(meta))
+    train(config, tmp_path / "run", dataset=dataset, resume=True, progress=False)
+    assert read_info(tmp_path / "run").step == 4
+    # A recorded flat field that differs from the run's section is still a different configuration.
+    meta = json.loads((read_info(tmp_path / "run").path / "checkpoint.json").read_text())
+    meta["config"].pop("flow")
+    meta["config"]["flow_steps"] = 7
+    (read_info(tmp_path / "run").path / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"flow\.steps: 7 -> 2"):
+        train(config.replace(steps=6), tmp_path / "run", dataset=dataset, resume=True, progress=False)

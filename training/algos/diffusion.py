@@ -5,7 +5,7 @@ Learning", ICLR 2023) per agent, as in the multi-agent diffusion baselines (DoF,
 agent a noise-prediction network eps(x_k, k | o_i) and twin critics (the critic side is `flow`'s).
 
 Forward process (DDPM, Ho et al. 2020): x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) eps, k = 1..K with
-K = `diffusion_steps`, on Diffusion-QL's variance-preserving schedule: the discretised VP SDE with linear
+K = `diffusion.steps`, on Diffusion-QL's variance-preserving schedule: the discretised VP SDE with linear
 beta(s) from 0.1 to 10, 1 - beta_k = exp(-beta_min / K - (beta_max - beta_min) (2k - 1) / (2 K^2)), which
 stays sensible for the small K of policies; abar_K ~ 0.006 at any K.
 
@@ -88,7 +88,7 @@ class Diffusion(KStepQPolicy):
     def build_policy(
         cls, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor
     ) -> PolicyModule:
-        sampler = DDIMSampler(conditional_network(spec, config), config.diffusion_steps)
+        sampler = DDIMSampler(conditional_network(spec, config), config.diffusion.steps)
         return PolicyModule.for_spec(sampler, spec, obs_mean, obs_std)
 
     def bc_loss(self, obs: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ denoising chain; Wang et al., ICLR 2023). Per agent a velocity field v(z, t | o_
 
 Conventions as in OM2P: t = 0 is data, t = 1 is noise, z_t = (1 - t) x + t e, v = e - x. The velocity
 network is OM2P's `MeanFlowActor` evaluated on the diagonal r = t, where the average velocity over an
-interval of length 0 is the instantaneous one. Sampling: K = `flow_steps` Euler steps from z_1 = e,
+interval of length 0 is the instantaneous one. Sampling: K = `flow.steps` Euler steps from z_1 = e,
 z_{t - 1/K} = z_t - v(z_t, t) / K, deterministic given the noise (K network evaluations per action).
 
 Actor loss  L = L_BC + alpha * L_Q:
@@ -145,7 +145,7 @@ class FlowQL(KStepQPolicy):
     def build_policy(
         cls, spec: EnvSpec, config: TrainConfig, obs_mean: torch.Tensor, obs_std: torch.Tensor
     ) -> PolicyModule:
-        sampler = FlowSampler(conditional_network(spec, config), config.flow_steps)
+        sampler = FlowSampler(conditional_network(spec, config), config.flow.steps)
         return PolicyModule.for_spec(sampler, spec, obs_mean, obs_std)
 
     def bc_loss(self, obs: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ Critic loss (TD3): TD error against r + gamma (1 - done) min_k Q_target^k(o', a'
 a' = clip(pi_target(o') + clip(N(0, target_noise^2), -target_noise_clip, target_noise_clip), -1, 1) is the
 target-policy smoothing of TD3; the clipped double-Q minimum is TD3's, so `q_aggregate` is not read.
 Actor loss (TD3+BC), every `policy_delay` critic updates, together with the Polyak target updates:
-  L = -lambda Q^1(o_i, pi(o_i)) + (pi(o_i) - a_i)^2,  lambda = td3bc_alpha / stopgrad(mean |Q^1|).
+  L = -lambda Q^1(o_i, pi(o_i)) + (pi(o_i) - a_i)^2,  lambda = alpha / stopgrad(mean |Q^1|).
+The TD3 settings and alpha are the config's `matd3bc` section (`--set matd3bc.alpha=2.5`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from training.algos.base import Algorithm, Batch
 from training.algos.critics import AgentCritics, critic_loss, normalised_q_loss, polyak_update, td_target
 from training.algos.om2p import frozen
-from training.config import TrainConfig
+from training.config import TD3Config, TrainConfig
 from training.envs.spec import EnvSpec
 from training.networks import GroupedMLP
 from training.policy import PolicyModule
@@ -114,6 +115,11 @@ class MATD3BC(Algorithm):
         return PolicyModule.for_spec(DeterministicSampler(actor), spec, obs_mean, obs_std)
 
     @property
+    def td3(self) -> TD3Config:
+        """This algorithm's config section (OMAR, a subclass, has its own)."""
+        return self.config.matd3bc
+
+    @property
     def actor(self) -> DeterministicActor:
         return self.policy.sampler.actor
 
@@ -147,17 +153,20 @@ class MATD3BC(Algorithm):
         loss_q = normalised_q_loss(q_policy)
         # BC loss.
         loss_bc = masked_mse(actions, x, mask)
-        return self.config.td3bc_alpha * loss_q + loss_bc, {"loss/q": loss_q, "loss/bc": loss_bc}
+        return self.config.matd3bc.alpha * loss_q + loss_bc, {"loss/q": loss_q, "loss/bc": loss_bc}
+
+    def clip_gradients(self, name: str) -> None:
+        """Hook between backward and the optimizer step of `name` ("critic" or "actor"); none for TD3+BC."""
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        config = self.config
+        config, td3 = self.config, self.td3
         optimizers = self.optimizers()
         obs, next_obs, x, rewards, dones, mask = self.agent_major_batch(batch)
 
         # Critics: clipped double-Q TD target at the smoothed target-policy action (TD3).
         with torch.no_grad():
-            smoothing = (torch.randn_like(x) * config.target_noise).clamp(
-                -config.target_noise_clip, config.target_noise_clip
+            smoothing = (torch.randn_like(x) * td3.target_noise).clamp(
+                -td3.target_noise_clip, td3.target_noise_clip
             )
             next_actions = (self.target_actor(next_obs) + smoothing).clamp(-1.0, 1.0) * mask
             target = td_target(
@@ -169,6 +178,7 @@ class MATD3BC(Algorithm):
         loss_critic = loss_td + sum(regularisers.values(), torch.zeros((), device=x.device))
         optimizers["critic"].zero_grad(set_to_none=True)
         loss_critic.backward()
+        self.clip_gradients("critic")
         optimizers["critic"].step()
         info = {
             "loss/critic": loss_critic.detach(),
@@ -179,10 +189,11 @@ class MATD3BC(Algorithm):
 
         # Actor and target networks: every `policy_delay` critic updates (TD3's delayed policy updates).
         # Between them the last actor losses are reported again, so every logged row has the same keys.
-        if self._updates % config.policy_delay == 0:
+        if self._updates % td3.policy_delay == 0:
             loss_actor, terms = self.actor_loss(obs, x, mask)
             optimizers["actor"].zero_grad(set_to_none=True)
             loss_actor.backward()
+            self.clip_gradients("actor")
             optimizers["actor"].step()
             polyak_update(self.target_actor, self.actor, config.tau)
             polyak_update(self.target_critics, self.critics, config.tau)

@@ -45,8 +45,11 @@ def ship_behaviour(
     eval_episodes: int = 100,
     noise_std: float = 0.1,
     selection_episodes: int = 0,
+    reference_episodes: int = 1000,
 ) -> dict[str, Any]:
-    """Pick random/medium/expert from a MATD3 run, copy them (and the replay actors), measure their returns.
+    """Pick random/medium/expert from a MATD3 run, copy them (and the replay actors), measure their returns
+    (`eval_episodes`), and measure the expert and random references into references.json
+    (`reference_episodes`, see training/data/references.py).
 
     The picks read the run's own evaluations (20 episodes each by default). Sparse rewards make those noisy
     enough that the best one is often a lucky actor; `selection_episodes` > 0 re-evaluates every checkpoint
@@ -115,6 +118,10 @@ def ship_behaviour(
         },
     }
     (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    # The datasets' normalisation references: `reference_episodes` episodes each, with standard errors.
+    from training.data.references import measure_references, write_references
+
+    write_references(env, measure_references(env, reference_episodes, root), root)
     return manifest
 
 

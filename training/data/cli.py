@@ -49,6 +49,7 @@ def _ship_behaviour(args: argparse.Namespace) -> int:
         Path(args.root) if args.root else None,
         eval_episodes=args.episodes,
         selection_episodes=args.selection_episodes,
+        reference_episodes=args.reference_episodes,
     )
     for quality, entry in manifest["qualities"].items():
         print(
@@ -139,13 +140,30 @@ def _import_omar(args: argparse.Namespace) -> int:
     from training.data.format import save_dataset
     from training.data.omar import import_omar, omar_data_dir
 
-    refs = None
-    if args.expert_return is not None and args.random_return is not None:
-        refs = {"expert": args.expert_return, "random": args.random_return}
+    refs = {
+        "expert": {"mean": args.expert_return, "se": args.expert_se, "episodes": args.reference_episodes},
+        "random": {"mean": args.random_return, "se": args.random_se, "episodes": args.reference_episodes},
+    }
     data_dir = omar_data_dir(Path(args.root), args.env, args.quality, args.seed)
-    dataset = import_omar(data_dir, args.env, args.quality, args.seed, refs)
+    dataset = import_omar(data_dir, args.env, args.quality, args.seed, references=refs)
     path = save_dataset(args.out, dataset)
     print(format_summary(describe(dataset, path)))
+    return 0
+
+
+def _references(args: argparse.Namespace) -> int:
+    from training.data.references import measure_references, write_references
+    from training.envs import ENV_NAMES
+
+    if args.env not in ENV_NAMES:
+        raise ValueError(f"--env: unknown environment {args.env!r}; choose one of {', '.join(ENV_NAMES)}")
+    root = Path(args.root) if args.root else None
+    references = measure_references(args.env, args.episodes, root)
+    path = write_references(args.env, references, root)
+    for quality in ("expert", "random"):
+        entry = references[quality]
+        print(f"{quality:<7} {entry['mean']:.3f} +- {entry['se']:.3f} (SE, {entry['episodes']} episodes)")
+    print(f"wrote {path}")
     return 0
 
 
@@ -223,7 +241,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="re-evaluate every checkpoint with this many episodes and pick on those (sparse rewards); "
         "0 picks on the run's own evaluations",
     )
+    p.add_argument(
+        "--reference-episodes",
+        dest="reference_episodes",
+        type=int,
+        default=1000,
+        help="episodes per reference policy (expert, random) written to references.json",
+    )
     p.set_defaults(handler=_ship_behaviour)
+
+    p = sub.add_parser(
+        "references",
+        help="measure the expert and random reference returns (with SEs) into the checkpoints' references.json",
+    )
+    p.add_argument("--env", required=True, choices=ENV_NAMES, help="benchmark environment")
+    p.add_argument("--episodes", type=int, default=1000, help="episodes per reference policy")
+    p.add_argument("--root", help="checkpoint root (default: training/behaviour/checkpoints)")
+    p.set_defaults(handler=_references)
 
     p = sub.add_parser(
         "collect",
@@ -282,6 +316,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", required=True, choices=QUALITIES, help="dataset quality")
     p.add_argument("--seed", type=int, default=0, help="which seed_{s}_data directory")
     p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--expert-return", dest="expert_return", type=float, help="reference return for scores")
-    p.add_argument("--random-return", dest="random_return", type=float, help="reference return for scores")
+    p.add_argument(
+        "--expert-return", dest="expert_return", type=float, required=True, help="expert reference return"
+    )
+    p.add_argument(
+        "--random-return", dest="random_return", type=float, required=True, help="random reference return"
+    )
+    p.add_argument("--expert-se", dest="expert_se", type=float, help="standard error of the expert reference")
+    p.add_argument("--random-se", dest="random_se", type=float, help="standard error of the random reference")
+    p.add_argument(
+        "--reference-episodes", dest="reference_episodes", type=int, help="episodes behind each reference"
+    )
     p.set_defaults(handler=_import_omar)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from training.behaviour.actor import Actor, load_actor, numpy_policy
 from training.behaviour.registry import checkpoint_dir, load_manifest
 from training.data.format import QUALITIES, OfflineDataset, dataset_metadata, episode_returns
+from training.data.references import dataset_references, load_references
 from training.envs import EnvSpec, VectorEnv, env_spec
 
 EPISODE_SEED_STRIDE = 1_000_003  # keeps the episode seeds of different dataset seeds apart
@@ -89,6 +90,8 @@ def collect(
     torch.set_num_threads(1)
     spec = env_spec(env)
     manifest = load_manifest(env, checkpoints_root)
+    # The committed references (refused before recording anything if missing or stale).
+    references = dataset_references(load_references(env, checkpoints_root))
     root = checkpoint_dir(env, checkpoints_root)
     episodes = math.ceil(transitions / spec.episode_length)
     seed_offset = seed * EPISODE_SEED_STRIDE
@@ -120,7 +123,7 @@ def collect(
             sha = info["sha256"]
     finally:
         bar.close()
-    return _to_dataset(spec, quality, seed, flat, manifest, sha)
+    return _to_dataset(spec, quality, seed, flat, manifest, sha, references)
 
 
 def _replay_plan(manifest: dict, root: Path, spec: EnvSpec, episodes: int) -> list[tuple]:
@@ -141,7 +144,7 @@ def _replay_plan(manifest: dict, root: Path, spec: EnvSpec, episodes: int) -> li
 
 
 def _to_dataset(
-    spec: EnvSpec, quality: str, seed: int, flat: dict, manifest: dict, sha: str
+    spec: EnvSpec, quality: str, seed: int, flat: dict, manifest: dict, sha: str, references: dict
 ) -> OfflineDataset:
     n = spec.n_agents
     rewards = np.repeat(flat["rew"].astype(np.float32)[:, None], n, axis=1)
@@ -153,7 +156,7 @@ def _to_dataset(
         seed,
         len(rewards),
         returns,
-        dict(manifest["reference_returns"]),
+        references,
         sha,
         behaviour={"algo": manifest["algo"], "collection_noise_std": manifest["collection_noise_std"]},
     )

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from training.data.format import OfflineDataset
+from training.data.references import return_stats
 from training.data.score import normalised_score
 
 
@@ -25,11 +26,13 @@ def describe(dataset: OfflineDataset, path: Path | str | None = None) -> dict[st
         "transitions": dataset.transitions,
         "episodes": int(meta["episodes"]),
         "mean_return": mean,
+        "mean_return_se": return_stats(returns)["se"],
         "std_return": float(returns.std()) if len(returns) else float("nan"),
         "min_return": float(returns.min()) if len(returns) else float("nan"),
         "max_return": float(returns.max()) if len(returns) else float("nan"),
         "normalised_score": _score_or_nan(mean, meta["reference_returns"]),
         "reference_returns": meta["reference_returns"],
+        "references": meta["references"],
         "behaviour_checkpoint_sha256": meta["behaviour_checkpoint_sha256"],
         "format_version": meta["format_version"],
     }
@@ -43,8 +46,17 @@ def _score_or_nan(mean: float, reference_returns: dict[str, float]) -> float:
         return float("nan")
 
 
+def _with_se(mean: float, se: float | None) -> str:
+    return f"{mean:.2f} +- {se:.2f}" if se is not None and se == se else f"{mean:.2f} (SE unknown)"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    refs = summary["reference_returns"]
+    refs = summary["references"]
+    lines = [
+        f"  {name} reference{'':<{7 - len(name)}} {_with_se(entry['mean'], entry.get('se'))}"
+        + (f"  ({entry['episodes']} episodes)" if entry.get("episodes") else "")
+        for name, entry in refs.items()
+    ]
     return "\n".join(
         [
             f"{summary['file']}: {summary['env']} / {summary['quality']} ({len(summary['agents'])} agents, "
@@ -53,8 +65,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  episodes          {summary['episodes']}",
             f"  return            mean {summary['mean_return']:.2f}  std {summary['std_return']:.2f}  "
             f"min {summary['min_return']:.2f}  max {summary['max_return']:.2f}",
-            f"  normalised score  {summary['normalised_score']:.1f}  "
-            f"(expert {refs['expert']:.2f}, random {refs['random']:.2f})",
+            f"  mean return       {_with_se(summary['mean_return'], summary['mean_return_se'])}  "
+            f"({summary['episodes']} episodes)",
+            *lines,
+            f"  normalised score  {summary['normalised_score']:.1f}",
         ]
     )
 

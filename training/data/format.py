@@ -18,7 +18,8 @@ import numpy as np
 if TYPE_CHECKING:
     from training.envs.spec import EnvSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: `references` (expert and random reference returns with standard errors, >= 1,000 episodes by default)."""
 QUALITIES = ("expert", "medium", "medium-replay", "random")
 FLOAT_ARRAYS = ("observations", "actions", "rewards", "next_observations", "dones")
 ARRAYS = (*FLOAT_ARRAYS, "episode_ends")
@@ -37,6 +38,7 @@ METADATA_KEYS = (
     "episodes",
     "episode_returns",
     "reference_returns",
+    "references",
     "behaviour_checkpoint_sha256",
 )
 
@@ -49,19 +51,20 @@ class DatasetError(ValueError):
         super().__init__(f"{path}: field '{field_name}': {problem}")
 
 
-
 def dataset_metadata(
     spec: EnvSpec,
     quality: str,
     seed: int,
     transitions: int,
     returns: list[float],
-    reference_returns: dict[str, float],
+    references: dict[str, dict[str, Any]],
     behaviour_checkpoint_sha256: str,
     **extra: Any,
 ) -> dict[str, Any]:
     """A dataset's metadata (every `METADATA_KEYS` entry, then `extra`); dims and masks come from the spec, so
-    they cannot disagree with the environment the file claims."""
+    they cannot disagree with the environment the file claims. `references`: per `expert`/`random` the
+    reference's `mean` return, its standard error `se` (None where unknown), `std` and `episodes`;
+    `reference_returns` repeats the two means for the score."""
     return {
         "format_version": FORMAT_VERSION,
         "env": spec.name,
@@ -76,10 +79,12 @@ def dataset_metadata(
         "transitions": transitions,
         "episodes": len(returns),
         "episode_returns": returns,
-        "reference_returns": reference_returns,
+        "reference_returns": {name: float(entry["mean"]) for name, entry in references.items()},
+        "references": references,
         "behaviour_checkpoint_sha256": behaviour_checkpoint_sha256,
         **extra,
     }
+
 
 @dataclass
 class OfflineDataset:
@@ -200,21 +205,53 @@ def _parse_metadata(path: Path, raw: np.ndarray) -> dict[str, Any]:
         raise DatasetError(path, "metadata", f"not valid JSON ({error})") from None
     if not isinstance(metadata, dict):
         raise DatasetError(path, "metadata", "expected a JSON object")
-    for key in METADATA_KEYS:
-        if key not in metadata:
-            raise DatasetError(path, f"metadata.{key}", "missing")
-    if metadata["format_version"] != FORMAT_VERSION:
+    if metadata.get("format_version") != FORMAT_VERSION:
         raise DatasetError(
             path,
             "metadata.format_version",
-            f"is {metadata['format_version']!r}, this om2p reads version {FORMAT_VERSION}",
+            f"is {metadata.get('format_version')!r}, this om2p reads version {FORMAT_VERSION} (reference "
+            f"returns with standard errors); remake it with `{remake_command(path, metadata)}`",
         )
+    for key in METADATA_KEYS:
+        if key not in metadata:
+            raise DatasetError(path, f"metadata.{key}", "missing")
     refs = metadata["reference_returns"]
     if not isinstance(refs, dict) or not {"expert", "random"} <= set(refs):
         raise DatasetError(
             path, "metadata.reference_returns", "expected an object with 'expert' and 'random'"
         )
+    for name in ("expert", "random"):
+        entry = metadata["references"].get(name) if isinstance(metadata["references"], dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("mean"), (int, float)):
+            raise DatasetError(
+                path, f"metadata.references.{name}", "expected an object with a numeric 'mean'"
+            )
+        if not (entry.get("se") is None or isinstance(entry["se"], (int, float))):
+            raise DatasetError(path, f"metadata.references.{name}.se", "expected a number or null")
+        if entry["mean"] != refs[name]:
+            raise DatasetError(
+                path, f"metadata.reference_returns.{name}", f"is {refs[name]}, references say {entry['mean']}"
+            )
     return metadata
+
+
+def remake_command(path: Path | str, metadata: dict[str, Any]) -> str:
+    """The command that remakes the dataset at `path` in the current format, from its (old) metadata."""
+    env, quality, seed = (
+        metadata.get("env", "ENV"),
+        metadata.get("quality", "QUALITY"),
+        metadata.get("seed", 0),
+    )
+    source = metadata.get("source") or {}
+    if source.get("layout") == "omar":
+        # ROOT/{env}/{quality}/seed_{s}_data: the importer needs the root and both references (no guessing).
+        root = Path(source.get("dir", "ROOT/x/x/x")).parent.parent.parent
+        return (
+            f"om2p data import-omar --root {root} --env {env} --quality {quality} --seed {seed} --out {path} "
+            "--expert-return R_EXPERT --random-return R_RANDOM"
+        )
+    transitions = metadata.get("transitions", "TRANSITIONS")
+    return f"om2p data collect --env {env} --quality {quality} --transitions {transitions} --seed {seed} --out {path}"
 
 
 def _validate(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any], env: str | None) -> None:

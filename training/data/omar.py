@@ -11,6 +11,7 @@ data was recorded (fixed-length episodes).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,9 +42,14 @@ def import_omar(
     env: str,
     quality: str,
     seed: int = 0,
-    reference_returns: dict[str, float] | None = None,
+    *,
+    references: dict[str, Any],
 ) -> OfflineDataset:
-    """Read one `seed_{s}_data` directory; pads per-agent dims to the environment's padded dims."""
+    """Read one `seed_{s}_data` directory; pads per-agent dims to the environment's padded dims.
+
+    `references`: the `expert` and `random` reference returns, each a number or a `{"mean", "se", "std",
+    "episodes"}` mapping. Both are required: the OMAR layout holds no references, and a guessed one (this
+    dataset's own mean, or 0) makes every normalised score meaningless."""
     spec = env_spec(env)
     data_dir = Path(data_dir)
     per_field: dict[str, list[np.ndarray]] = {k: [] for k in FILE_PREFIXES}
@@ -86,12 +92,39 @@ def import_omar(
     episode_ends = (np.arange(t) % spec.episode_length) == spec.episode_length - 1
     episode_ends |= dones[:, 0] > 0
     returns = episode_returns(rewards, episode_ends)
-    if reference_returns is None:
-        reference_returns = {"expert": float(np.mean(returns)) if returns else 0.0, "random": 0.0}
     metadata = dataset_metadata(
-        spec, quality, seed, t, returns, reference_returns, "", source={"layout": "omar", "dir": str(data_dir)}
+        spec,
+        quality,
+        seed,
+        t,
+        returns,
+        _reference_entries(references),
+        "",
+        source={"layout": "omar", "dir": str(data_dir)},
     )
     return OfflineDataset(observations, actions, rewards, next_observations, dones, episode_ends, metadata)
+
+
+def _reference_entries(references: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    entries = {}
+    for name in ("expert", "random"):
+        value = references.get(name) if isinstance(references, dict) else None
+        if value is None:
+            raise ValueError(
+                f"the {name} reference return is required (--{name}-return): OMAR data holds none"
+            )
+        entry = dict(value) if isinstance(value, dict) else {"mean": float(value)}
+        entries[name] = {
+            "mean": float(entry["mean"]),
+            "se": entry.get("se"),
+            "std": entry.get("std"),
+            "episodes": entry.get("episodes"),
+        }
+    if entries["expert"]["mean"] == entries["random"]["mean"]:
+        raise ValueError(
+            f"the expert and random reference returns must differ (both {entries['expert']['mean']})"
+        )
+    return entries
 
 
 def export_omar(dataset: OfflineDataset, data_dir: Path) -> Path:

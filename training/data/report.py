@@ -19,6 +19,7 @@ import numpy as np
 from training.behaviour.registry import checkpoint_dir, load_manifest
 from training.data.describe import describe, plot_returns
 from training.data.format import QUALITIES, OfflineDataset, dataset_metadata, load_dataset, save_dataset
+from training.data.references import REFERENCES_FILE, ReferenceError, load_references
 
 LOAD_TIME_TRANSITIONS = 1_000_000
 
@@ -42,7 +43,7 @@ def measure_load_time(env: str, transitions: int = LOAD_TIME_TRANSITIONS) -> dic
         dones=np.zeros((transitions, n), np.float32),
         episode_ends=ends,
         metadata=dataset_metadata(
-            spec, "random", 0, transitions, [0.0] * episodes, {"expert": 1.0, "random": 0.0}, "0" * 64
+            spec, "random", 0, transitions, [0.0] * episodes, {"expert": {"mean": 1.0}, "random": {"mean": 0.0}}, "0" * 64
         ),
     )
     with tempfile.TemporaryDirectory(prefix="om2p-load-") as work:
@@ -142,6 +143,27 @@ def _behaviour_section(env: str, checkpoints_root: Path | None) -> list[str]:
         lines.append(
             f"| {quality} | {entry['step']:,} | {entry['mean_return']:.2f} | {entry['std_return']:.2f} |"
         )
+    return [*lines, "", *_reference_section(env, checkpoints_root)]
+
+
+def _reference_section(env: str, checkpoints_root: Path | None) -> list[str]:
+    """The normalisation references of `env` (references.json beside the checkpoints), with their SEs."""
+    try:
+        references = load_references(env, checkpoints_root)
+    except ReferenceError as error:
+        return [f"No normalisation references: {error}", ""]
+    lines = [
+        f"Normalisation references (`{REFERENCES_FILE}`, `om2p data references --env {env}`; the behaviour "
+        f"policy with its collection noise {references['collection_noise_std']}, seeds {references['seeds']}):",
+        "",
+        "| reference | episodes | mean return | SE | std |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("expert", "random"):
+        entry = references[name]
+        lines.append(
+            f"| {name} | {entry['episodes']:,} | {entry['mean']:.2f} | {entry['se']:.2f} | {entry['std']:.2f} |"
+        )
     return [*lines, ""]
 
 
@@ -156,12 +178,13 @@ def _dataset_section(env: str, data_dir: Path, image: Path, doc_dir: Path) -> tu
         return [f"No datasets under `{data_dir / env}`.", ""], {}
     plot_returns([(q, d) for q, d, _ in found], image)
     lines = [
-        "| dataset | transitions | episodes | mean return | std | min | max | normalised score |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| dataset | transitions | episodes | mean return | SE | std | min | max | normalised score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for quality, _, s in found:
         lines.append(
             f"| {quality} | {s['transitions']:,} | {s['episodes']:,} | {s['mean_return']:.2f} | "
+            f"{s['mean_return_se']:.2f} | "
             f"{s['std_return']:.2f} | {s['min_return']:.2f} | {s['max_return']:.2f} | "
             f"{s['normalised_score']:.1f} |"
         )
@@ -216,7 +239,8 @@ def write_report(
         "- **medium-replay**: the run's replay buffer up to the medium checkpoint, re-recorded from the "
         "shipped replay actors in proportion to the steps each was in charge (uniform actions during warm-up).",
         "- Normalised score = 100 (S - S_random) / (S_expert - S_random), with the reference returns of the "
-        "random and expert behaviour checkpoints stored in every file's metadata.",
+        "random and expert behaviour policies (1,000 episodes each, with their standard errors) stored in every "
+        "file's metadata (format version 2).",
         "",
         "## Format: one uncompressed `.npz` per dataset",
         "",
@@ -237,7 +261,8 @@ def write_report(
         "```bash",
         "# behaviour policies (already shipped; retraining is optional)",
         "om2p data train-behaviour --env ENV ... --out runs/behaviour/ENV  # the flags: per environment below",
-        "om2p data ship-behaviour --env ENV --run runs/behaviour/ENV",
+        "om2p data ship-behaviour --env ENV --run runs/behaviour/ENV  # also measures the references",
+        "om2p data references --env ENV --episodes 1000  # remeasure them alone (references.json)",
         "# the datasets on this page: per environment, the make-default line under its table; or one file:",
         "om2p data collect --env ENV --quality QUALITY --transitions N --seed 0 --out data/ENV/QUALITY.npz",
         f"om2p data report --data {data_dir.as_posix()} --out {out.as_posix()}",
