@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[train,serve,client,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[train,serve,client,dev,grid]"
 	touch $(STAMP)
 
 demo: setup
@@ -56,8 +56,11 @@ bench: setup
 soak: setup
 	$(BIN)/python -m benchmarks.soak $(ARGS)
 
+# The results grid (docs/grid.md): tuning, then the table; one record per run under benchmarks/results/records/,
+# a recorded run is never retrained. ARGS="--report-only" rebuilds docs/results.md from the records alone;
+# ARGS="--ray-address HOST:PORT" sends the runs to a Ray cluster instead of $(JOBS) local processes.
 results: setup
-	$(BIN)/python -m benchmarks.results --jobs $(JOBS) $(ARGS)
+	$(BIN)/python -m benchmarks.grid --jobs $(JOBS) $(ARGS)
 
 up:
 	docker compose -f docker/compose.yaml up -d --build
