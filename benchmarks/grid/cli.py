@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", help="scratch run directories (default runs/grid; not committed)")
     parser.add_argument("--out", help="markdown page (default docs/results.md; plots go to its img/)")
     parser.add_argument("--json", help="raw numbers (default benchmarks/results/results.json)")
+    parser.add_argument("--notes", help="markdown file appended to the page as its Notes section")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="training device (default cpu)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: the page from the records")
     parser.add_argument(
@@ -89,6 +90,7 @@ def resolve(args: argparse.Namespace) -> GridSettings:
         ("runs", "runs"),
         ("out", "out"),
         ("json", "json_path"),
+        ("notes", "notes"),
     ):
         if getattr(args, name):
             changes[attribute] = Path(getattr(args, name))
@@ -98,6 +100,8 @@ def resolve(args: argparse.Namespace) -> GridSettings:
         changes["jobs"] = max(1, args.jobs)
     settings = dataclasses.replace(settings, **changes)
     validate(settings)
+    if settings.notes is not None and not settings.notes.is_file():
+        raise GridError(f"--notes {settings.notes}: no such file")
     return settings
 
 

@@ -196,6 +196,8 @@ def render(settings: GridSettings, results: dict[str, Any], images: dict[str, Pa
             lines += ["", f"![validation curves, {env}]({os.path.relpath(images[env], settings.out.parent)})"]
     lines += ["", "## Tuning", "", tuning_intro(settings), ""]
     lines += tuning_lines(results["tuning"])
+    if settings.notes is not None:
+        lines += ["", "## Notes", "", settings.notes.read_text().strip()]
     if results["missing_runs"]:
         lines += ["", f"## Missing runs ({len(results['missing_runs'])})", ""]
         lines += [f"- `{m}`" for m in results["missing_runs"][:200]]

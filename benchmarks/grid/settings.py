@@ -69,6 +69,9 @@ class GridSettings:
     runs: Path = Path("runs/grid")
     out: Path = Path("docs/results.md")
     json_path: Path = Path("benchmarks/results/results.json")
+    notes: Path | None = None
+    """a person's reading of the numbers, appended to the page as its Notes section (kept in its own file so
+    that regenerating the tables never loses it)"""
     device: str = "cpu"
     jobs: int = 2
 

@@ -126,13 +126,17 @@ def test_second_invocation_trains_nothing(smoke, grid, capsys):
 def test_report_only_rebuilds_the_page_from_the_records_alone(smoke, grid, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(smoke / "records", copy / "records")  # no runs/, no data/
-    argv = ["--smoke", str(copy), "--report-only"]
+    notes = tmp_path / "notes.md"
+    notes.write_text("OMAR trails bc here because the budget is short.\n")
+    argv = ["--smoke", str(copy), "--report-only", "--notes", str(notes)]
     assert grid.cli.main(argv) == 0
     rebuilt, original = (json.loads((d / "results.json").read_text()) for d in (copy, smoke))
     assert rebuilt["scores"] == original["scores"] and rebuilt["tuning"] == original["tuning"]
     assert rebuilt["missing_runs"] == [] and not (copy / "runs").exists()
     # The page states the command that trains the grid, not the one that re-read it.
-    assert f"```\npython -m benchmarks.grid --smoke {copy}\n```" in (copy / "results.md").read_text()
+    markdown = (copy / "results.md").read_text()
+    assert f"```\npython -m benchmarks.grid --smoke {copy} --notes {notes}\n```" in markdown
+    assert "## Notes\n\nOMAR trails bc here because the budget is short." in markdown
 
 
 def test_a_changed_setting_retrains_only_its_runs(smoke, grid):
@@ -209,7 +213,9 @@ def test_tuning_chooses_on_validation_scores_once_every_candidate_has_its_seeds(
     settings = replace(settings, protocol=grid.settings.Protocol(seeds=(0,), tuning_seeds=(7, 8)))
 
     def record(setting: str, seed: int, last: float) -> dict:
-        curve = [[s, -100.0] for s in range(1, 6)] + [[s, last] for s in range(6, 10)]  # the last third counts
+        curve = [[s, -100.0] for s in range(1, 6)] + [
+            [s, last] for s in range(6, 10)
+        ]  # the last third counts
         return {
             "env": ENV,
             "quality": "expert",
