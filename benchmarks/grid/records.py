@@ -47,7 +47,10 @@ def config_hash(config: dict[str, Any], dataset: dict[str, Any], test: dict[str,
     """What decides a run's numbers: the training config (less machine fields), the dataset's identity (not
     its path: the same file lies elsewhere on another machine) and the test episodes."""
     learned = {k: v for k, v in config.items() if k not in MACHINE_FIELDS}
-    identity = {k: dataset.get(k) for k in ("env", "quality", "seed", "transitions", "format_version", "sha")}
+    identity = {
+        k: dataset.get(k)
+        for k in ("env", "quality", "seed", "transitions", "format_version", "behaviour_sha256")
+    }
     text = json.dumps({"config": learned, "dataset": identity, "test": test}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -103,7 +106,7 @@ def dataset_summary(path: Path) -> dict[str, Any]:
         "quality": metadata.get("quality"),
         "seed": metadata.get("seed"),
         "format_version": metadata.get("format_version"),
-        "sha": metadata.get("behaviour_checkpoint_sha256"),
+        "behaviour_sha256": metadata.get("behaviour_checkpoint_sha256"),
         "transitions": int(metadata.get("transitions", 0)),
         "episodes": int(metadata.get("episodes", len(returns))),
         "mean_return": float(returns.mean()) if returns.size else None,

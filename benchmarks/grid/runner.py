@@ -343,6 +343,22 @@ def git_commit() -> str | None:
 
 # ---------------------------------------------------------------- executors (driver)
 
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that accepts no connection fails here in seconds; `ray.init` would retry for minutes."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # `auto`, `ray://...`: Ray resolves those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise GridError(
+            f"--ray-address {address}: cannot connect ({error}); is the Ray head running?"
+        ) from None
+
+
 Done = Callable[[Job, dict[str, Any]], None]
 
 
@@ -374,10 +390,14 @@ def run_ray(jobs: Sequence[Job], address: str, done: Done) -> None:
         raise GridError("--ray-address needs Ray: pip install -e '.[grid]'") from None
     if not jobs:
         return
+    check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise GridError(f"--ray-address {address}: {error}") from None
+        raise GridError(
+            f"--ray-address {address}: {error} (a cluster with token authentication needs RAY_AUTH_MODE=token "
+            "and its RAY_AUTH_TOKEN here too)"
+        ) from None
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(execute)
         pending = {remote.remote(job): job for job in jobs}

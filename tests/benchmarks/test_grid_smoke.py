@@ -165,6 +165,8 @@ def test_datasets_too_small_or_overlapping_the_evaluation_seeds_are_refused(grid
     ):
         grid.runner.check_dataset(tmp_path / "x.npz", huge, settings, (ENV, "expert"))
     assert grid.cli.main(["--smoke", str(tmp_path), "--cells", "nowhere:expert"]) == 2
+    with pytest.raises(grid.runner.GridError, match="cannot connect"):  # in seconds, not Ray's minutes
+        grid.runner.check_reachable("127.0.0.1:1")
 
 
 # ---------------------------------------------------------------- analysis on known numbers
