@@ -123,8 +123,11 @@ def score_cell(cell: dict[str, Any], seeds: int) -> str:
         text = f"**{text}**" + (" (tie)" if cell["verdict"] == "tied best" else "")
     elif cell["gap"] is not None:
         text += f"<br>gap {cell['gap']:.1f} ± {fmt(cell['gap_se'])} ({cell['verdict']})"
-    if cell["convergence"]["status"] != "flat":
-        text += f"<br>*not converged ({cell['convergence']['status']})*"
+    status = cell["convergence"]["status"]
+    if status == "too short":
+        text += "<br>*curve too short to judge convergence*"
+    elif status != "flat":
+        text += f"<br>*not converged ({status})*"
     if cell["setting"] != DEFAULT_SETTING:
         text += f"<br>`{cell['setting']}`"
     return text
