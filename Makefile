@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "make setup: 2/3 torch==2.13.0, the CPU wheel (about 750 MB installed)"
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	@echo "make setup: 3/3 om2p and its extras: train (MPE and MuJoCo environments, ONNX), serve (FastAPI, uvicorn, ONNX Runtime), client (httpx, matplotlib), dev (pytest, ruff, tritonclient)"
-	$(BIN)/python -m pip install --quiet -e ".[train,serve,client,dev]"
+	@echo "make setup: 3/3 om2p and its extras: train (MPE and MuJoCo environments, ONNX), serve (FastAPI, uvicorn, ONNX Runtime), client (httpx, matplotlib), dev (pytest, ruff, tritonclient), grid (Ray)"
+	$(BIN)/python -m pip install --quiet -e ".[train,serve,client,dev,grid]"
 	touch $(STAMP)
 	@echo "make setup: done"
 
@@ -67,8 +67,11 @@ bench: setup
 soak: setup
 	$(BIN)/python -m benchmarks.soak $(ARGS)
 
+# The results grid (docs/grid.md): tuning, then the table; one record per run under benchmarks/results/records/,
+# a recorded run is never retrained. ARGS="--report-only" rebuilds docs/results.md from the records alone;
+# ARGS="--ray-address HOST:PORT" sends the runs to a Ray cluster instead of $(JOBS) local processes.
 results: setup
-	$(BIN)/python -m benchmarks.results --jobs $(JOBS) $(ARGS)
+	$(BIN)/python -m benchmarks.grid --jobs $(JOBS) $(ARGS)
 
 # The GPU path (CUDA training step with and without CUDA graphs, a short run, the torch serving backend) ->
 # benchmarks/results/gpu_check.json; one line and exit 0 on a machine without CUDA.

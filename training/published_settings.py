@@ -44,6 +44,16 @@ _OMAR_ENV: dict[str, tuple[str, ...]] = {
 }
 
 
+def omar_weights(env: str, quality: str) -> tuple[float, float] | None:
+    """OMAR's published `(omar.coef, omar.cql_weight)` for a dataset, None where it published none."""
+    return _OMAR_WEIGHTS.get(env, {}).get(quality)
+
+
+def omar_search_overrides(env: str) -> tuple[str, ...]:
+    """The environment's published action search, beyond the section's (particle-environment) defaults."""
+    return _OMAR_ENV.get(env, ())
+
+
 def published_overrides(algo: str, env: str, quality: str) -> list[str]:
     """The `--set key=value` overrides that give `algo` its published settings on `env`/`quality` (empty
     where the published code has none for it)."""

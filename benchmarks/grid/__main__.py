@@ -1,0 +1,3 @@
+from benchmarks.grid.cli import main
+
+raise SystemExit(main())
