@@ -41,7 +41,10 @@ def synthetic_dataset(quality: str, episodes: int = 4, seed: int = 0) -> Offline
         seed,
         t,
         episode_returns(rewards, ends),
-        {"expert": -40.0, "random": -150.0},
+        {
+            "expert": {"mean": -40.0, "se": 0.5, "std": 5.0, "episodes": 100},
+            "random": {"mean": -150.0, "se": 1.0, "std": 10.0, "episodes": 100},
+        },
         "synthetic",
     )
     return OfflineDataset(
