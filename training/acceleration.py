@@ -3,7 +3,6 @@ torch.compile of the loss functions with an eager fallback when no C++ compiler 
 
 from __future__ import annotations
 
-import functools
 import shutil
 import warnings
 from collections.abc import Callable
@@ -19,8 +18,7 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """/proc/cpuinfo flags of CPUs whose matmuls run bf16 natively; elsewhere oneDNN emulates it, slower than fp32."""
 
 
-@functools.cache
-def cpu_has_native_bf16() -> bool:
+def _cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -28,9 +26,13 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
+CPU_HAS_NATIVE_BF16 = _cpu_has_native_bf16()
+"""Read once at import: a plain constant, which torch.compile folds instead of breaking the graph on."""
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls are native (and so faster than fp32) on `device`."""
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return device.type == "cuda" or (device.type == "cpu" and CPU_HAS_NATIVE_BF16)
 
 
 def bf16_autocast(enabled: bool, device: torch.device) -> AbstractContextManager:

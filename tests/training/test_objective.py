@@ -24,7 +24,7 @@ from training.config import TrainConfig
 from training.policy import MeanFlowActor
 
 N, B, OBS, ACT = 3, 64, 6, 4
-RELATIVE_FD_ERROR = 0.05
+RELATIVE_FD_ERROR = 0.02  # measured 0.002 at the defaults (GELU, 2 x 256, delta 5e-3)
 
 
 def smooth_actor(seed: int = 0) -> MeanFlowActor:
