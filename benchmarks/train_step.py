@@ -1,17 +1,20 @@
 """Training-step benchmark: one joint update of all agents (critics + actors + targets), measured side by side.
 
-    python -m benchmarks.train_step [--device cpu|cuda] [--steps 8] [--hidden 512,512,512,512] [--batch 256]
+    python -m benchmarks.train_step [--peer-repo PATH | --no-peer] [--sizes paper,grid] [--peer-threads 1,2]
+                                    [--skip-estimators] [--device cpu|cuda] [--hidden ...] [--batch 256]
 
-Every configuration runs in its own child process (clean peak-memory numbers, no allocator cross-talk), one
-after the other; ratios are taken within this one run. Measured:
-- `fd` vs `jvp` (vs `zero`) d/dt u estimators: step time and peak memory;
-- bf16 autocast vs fp32 (on this CPU bf16 matmuls are only fast with AVX512-BF16/AMX; the run records it);
-- this trainer vs a reference-structured update (the public reference's structure re-created in PyTorch:
-  one agent object per agent updated in turn, unfused passes, actions recomputed for logging every step);
-- agent-batched actor forward vs a loop over per-agent networks;
-- achieved GFLOP/s (matmul FLOPs counted by torch's FlopCounterMode) as a fraction of the fp32 matmul rate
-  measured in the same run.
-Results: benchmarks/results/train_step.json.
+1. Ours against the official OM2P code (JAX, github.com/lizr16/OM2P; `benchmarks/peer_om2p.py` fetches it
+   into a throwaway folder and venv outside the project and runs it in a child process), at the paper's size
+   (4x512, batch 256) and the results grid's (2x128, batch 128), with one thread (both pinned to one core)
+   and with both cores. Ours is timed lever by lever: fp32 eager (the step before #16), bf16 autocast,
+   torch.compile of the losses, and both. Interleaved round by round in one run, medians reported, with the
+   share of the matmul rate measured in the same run and the first step's time (compilation). When the
+   official code cannot run on a machine the table says why and ours is still timed.
+2. At `--hidden`/`--batch`/`--threads`, eager: `fd` vs `jvp` vs `zero` (step time, peak memory per
+   configuration in a fresh process), bf16 vs fp32, our update vs the reference's structure re-created in
+   PyTorch (one agent object per agent updated in turn, unfused passes, a logged action MSE per step), and
+   agent-batched vs per-agent forward passes.
+Results: benchmarks/results/train_step.json (and the training-step section of docs/benchmarks.md).
 """
 
 from __future__ import annotations
