@@ -389,6 +389,20 @@ def vs_peer(
                 except peer_om2p.PeerUnavailable as error:
                     peer_error = str(error)
             contenders: dict = dict(updates)
+            if threads > 1:
+                # The thread-setting lever: both cores available, one intra-op thread (small kernels do not
+                # split well, and OpenMP barriers stall when another process holds the second core).
+                best = "compiled_bf16_autocast"
+
+                def one_thread(batch, step=updates[best], threads=threads):
+                    torch.set_num_threads(1)
+                    try:
+                        return step(batch)
+                    finally:
+                        torch.set_num_threads(threads)
+
+                contenders[f"{best}_1_thread"] = one_thread
+                warmup_s[f"{best}_1_thread"] = warmup_s[best]
             estimates = {}
             for name, step in contenders.items():
                 start = time.perf_counter()
