@@ -318,7 +318,13 @@ def _pin(cores: set[int]) -> None:
 
 
 def vs_peer(
-    sizes: list[str], thread_counts: list[int], rounds: int, round_s: float, peer: dict | None, log=print
+    sizes: list[str],
+    thread_counts: list[int],
+    rounds: int,
+    round_s: float,
+    peer: dict | None,
+    log=print,
+    unavailable: str | None = None,
 ) -> dict:
     """Ours (each lever) and the official code at each size and thread count, interleaved round by round
     in one run; the median over rounds is reported. One thread: both pinned to one core (XLA's intra-op
@@ -378,7 +384,8 @@ def vs_peer(
             cores = set(sorted(all_cores)[:threads])
             _pin(cores)
             torch.set_num_threads(threads)
-            peer_step, peer_error, peer_setup = None, None, None
+            peer_step, peer_setup = None, None
+            peer_error = None if peer is not None else unavailable
             if peer is not None:
                 try:
                     peer_step = peer_om2p.PeerStep(
@@ -520,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
             args.peer_rounds,
             args.round_s,
             peer,
+            unavailable=report.get("official_unavailable"),
         )
         torch.set_num_threads(args.threads)
     if not args.skip_estimators:
