@@ -211,7 +211,10 @@ class TrainConfig:
     gamma: float = _doc(0.99, "discount factor of the TD target")
     tau: float = _doc(0.005, "Polyak rate of the target critics")
     q_aggregate: str = _doc("mean", "TD target over the two target Qs: mean or min (matd3bc, omar: min)")
-    alpha: float = _doc(0.03, "normalised Q-loss weight: L_MF + alpha L_Q; flow, diffusion: L_BC + alpha L_Q")
+    alpha: float = _doc(
+        1.0,
+        "normalised Q-loss weight: L_MF + alpha L_Q (tuned: docs/results.md); flow, diffusion: L_BC + alpha L_Q",
+    )
     bf16_autocast: bool = _doc(
         True,
         "om2p: bfloat16 autocast for the passes that carry gradients where the device runs bf16 natively "
