@@ -162,14 +162,14 @@ class TrainConfig:
     """Hyperparameters of one training run (OM2P and the baselines that share the trainer)."""
 
     # What to train on.
-    algo: str = _doc("om2p", "training/algos module: om2p, bc, matd3bc, omar, flow or diffusion")
+    algo: str = _doc("om2p", "training/algos module: om2p, bc, bc_mse, matd3bc, omar, flow or diffusion")
     env: str = _doc("cooperative_navigation", "benchmark environment name (see `om2p envs`)")
     dataset: str = _doc("", "offline dataset .npz (default data/<env>/expert.npz)")
     steps: int = _doc(8000, "gradient steps (one step updates critics and actors of all agents)")
     seed: int = _doc(0, "seed of parameter initialisation, batch sampling and noise")
     device: str = _doc("cpu", "torch device: cpu or cuda")
     num_threads: int = _doc(1, "torch CPU threads (0: torch's default; 1 suits a shared machine)")
-    cuda_graphs: bool = _doc(True, "on cuda, replay the whole training step as one CUDA graph (om2p, bc)")
+    cuda_graphs: bool = _doc(True, "on cuda, replay the whole training step as one CUDA graph (om2p, bc, bc_mse)")
 
     # Networks.
     actor_hidden: list[int] = field(
