@@ -110,7 +110,7 @@ def score_stats(returns: np.ndarray, references: dict[str, float]) -> dict[str, 
 
     returns = np.asarray(returns, dtype=np.float64)
     return {
-        "episodes": int(len(returns)),
+        "episodes": len(returns),
         "mean_return": float(returns.mean()),
         "normalised_score": float(normalised_score(float(returns.mean()), references)),
         "normalised_score_se": normalised_score_se(returns.tolist(), references),
@@ -201,7 +201,9 @@ def action_errors(context: Context, policy, mean_flow: bool) -> dict[str, Any]:
         zero = policy(obs, torch.zeros(shape))
         from training.networks import agent_major, batch_major
 
-        raw = batch_major(policy.sampler(agent_major(policy.normalise(obs)), torch.zeros(shape).transpose(0, 1)))
+        raw = batch_major(
+            policy.sampler(agent_major(policy.normalise(obs)), torch.zeros(shape).transpose(0, 1))
+        )
         out["clipped"] = float(((raw.abs() > 1.0).float() * mask).sum() / (mask.sum() * shape[0]))
         candidates = {"zero": zero}
         if mean_flow:

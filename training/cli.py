@@ -128,6 +128,10 @@ def _eval(args: argparse.Namespace) -> int:
         f"{info.env} {info.algo} step {info.step}: mean return {report['mean_return']:.3f} "
         f"(std {report['std_return']:.3f}, {args.episodes} episodes)"
         + (f", normalised score {score:.1f}" if score is not None else ", no reference returns recorded")
-        + (f" +- {report['normalised_score_se']:.1f} (SE)" if report["normalised_score_se"] is not None else "")
+        + (
+            f" +- {report['normalised_score_se']:.1f} (SE)"
+            if report["normalised_score_se"] is not None
+            else ""
+        )
     )
     return 0

@@ -169,7 +169,9 @@ class TrainConfig:
     seed: int = _doc(0, "seed of parameter initialisation, batch sampling and noise")
     device: str = _doc("cpu", "torch device: cpu or cuda")
     num_threads: int = _doc(1, "torch CPU threads (0: torch's default; 1 suits a shared machine)")
-    cuda_graphs: bool = _doc(True, "on cuda, replay the whole training step as one CUDA graph (om2p, bc, bc_mse)")
+    cuda_graphs: bool = _doc(
+        True, "on cuda, replay the whole training step as one CUDA graph (om2p, bc, bc_mse)"
+    )
 
     # Networks.
     actor_hidden: list[int] = field(

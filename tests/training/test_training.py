@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.algos import Batch, get_algorithm
-from training.checkpoint import CheckpointError, load_policy, read_info
+from training.checkpoint import CheckpointError, load_policy, read_info, resolve_checkpoint
 from training.config import load_config
 from training.trainer import train
 
