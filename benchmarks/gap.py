@@ -101,6 +101,19 @@ def measurements() -> list[Run | Behaviour | str]:
         Run("train/bc/raw_obs/seed0/20k", "bc", 20_000, {"normalise_observations": False}),
         Run("train/bc/default/seed0/100k", "bc", 100_000, eval_every=10_000),
         Run("train/om2p/alpha3/seed0/20k", "om2p", 20_000, {"alpha": 3.0}),
+        Run("train/bc/residual/seed0/20k", "bc", 20_000, {"mean_flow_output": "residual"}),
+        Run(
+            "train/bc/residual-lr3e-4/seed0/20k",
+            "bc",
+            20_000,
+            {"mean_flow_output": "residual", "actor_lr": 3e-4},
+        ),
+        Run(
+            "train/om2p/alpha3-residual/seed0/20k",
+            "om2p",
+            20_000,
+            {"alpha": 3.0, "mean_flow_output": "residual"},
+        ),
     ]
 
 

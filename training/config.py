@@ -18,6 +18,7 @@ from typing import Any
 
 DU_DT_ESTIMATORS = ("fd", "jvp", "zero")
 TIME_SAMPLERS = ("uniform", "logit_normal", "beta", "endpoint")
+MEAN_FLOW_OUTPUTS = ("velocity", "residual")  # training/policy.py's MeanFlowActor
 Q_AGGREGATES = ("mean", "min")
 
 
@@ -209,6 +210,9 @@ class TrainConfig:
     equal_time_ratio: float = _doc(0.25, "fraction of samples with r = t (flow matching on the diagonal)")
     adaptive_loss_power: float = _doc(0.0, "MeanFlow adaptive weight 1/(|err|^2 + c)^p; 0 = plain MSE")
     sampling_steps: int = _doc(1, "network evaluations per action at inference (1 = one-step OM2P)")
+    mean_flow_output: str = _doc(
+        "velocity", "the actor MLP's output f: velocity (u = f) or residual (u = z - f, action = f(e, 0, 1))"
+    )
 
     # Baselines: one section per algorithm (`--set omar.cql_weight=5`, YAML `omar: {cql_weight: 5}`); bc uses
     # the mean-flow fields above.
@@ -234,6 +238,7 @@ class TrainConfig:
         choices = {
             "du_dt": DU_DT_ESTIMATORS,
             "time_sampler": TIME_SAMPLERS,
+            "mean_flow_output": MEAN_FLOW_OUTPUTS,
             "q_aggregate": Q_AGGREGATES,
             "device": None,
         }
