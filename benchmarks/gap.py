@@ -42,6 +42,7 @@ OUT = Path("benchmarks/results/gap.jsonl")
 RUNS = Path("benchmarks/results/tmp/gap")
 EVAL_SEED = 100_000  # the trainer's default `eval_seed`
 REFERENCE_SEED = 2_000_000  # training/data/references.py's SEED_BASE
+GRID_TEST_SEED = 200_000
 TEST_EPISODES = 1000
 ISSUE_EPISODES = 30
 ERROR_ROWS = 4096
@@ -83,6 +84,8 @@ def measurements() -> list[Run | Behaviour | str]:
         Behaviour("behaviour/expert/noise0/seeds100000/1000", 0.0, EVAL_SEED, TEST_EPISODES),
         Behaviour("behaviour/expert/noise0.1/seeds2000000/1000", 0.1, REFERENCE_SEED, TEST_EPISODES),
         Behaviour("behaviour/expert/noise0/seeds2000000/1000", 0.0, REFERENCE_SEED, TEST_EPISODES),
+        # The results grid's test seeds (benchmarks/grid/settings.py Protocol.test_seed).
+        Behaviour("behaviour/expert/noise0/seeds200000/1000", 0.0, GRID_TEST_SEED, TEST_EPISODES),
         Run("train/bc_mse/default/seed0/10k", "bc_mse", 10_000),
         Run("train/bc_mse/default/seed1/10k", "bc_mse", 10_000, seed=1),
         Run("train/bc_mse/default/seed2/10k", "bc_mse", 10_000, seed=2),
