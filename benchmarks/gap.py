@@ -145,9 +145,7 @@ class Context:
         self.spec = env_spec(ENV)
         self.dataset = load_dataset(DATASET, env=ENV)
         self.references = dict(self.dataset.metadata["reference_returns"])
-        self.actors = {}
-        for quality in ("expert",):
-            self.actors[quality], _ = load_actor(checkpoint_dir(ENV) / quality, self.spec)
+        self.actors = {"expert": load_actor(checkpoint_dir(ENV) / "expert", self.spec)[0]}
         rows = np.random.default_rng(0).choice(len(self.dataset.observations), ERROR_ROWS, replace=False)
         self.obs = torch.as_tensor(np.asarray(self.dataset.observations)[rows], dtype=torch.float32)
         self.actions = torch.as_tensor(np.asarray(self.dataset.actions)[rows], dtype=torch.float32)
@@ -209,14 +207,15 @@ def noise_policy(policy, mode: str, seed: int = 0):
 
 
 def action_errors(context: Context, policy, mean_flow: bool) -> dict[str, Any]:
+    from training.networks import agent_major, batch_major
+
     mask = policy.action_mask
     obs, shape = context.obs, context.actions.shape
     generator = torch.Generator().manual_seed(1)
     out: dict[str, Any] = {}
     with torch.no_grad():
         zero = policy(obs, torch.zeros(shape))
-        from training.networks import agent_major, batch_major
-
+        # The sampler's action before the policy's [-1, 1] clip: how often the clip changes it.
         raw = batch_major(
             policy.sampler(agent_major(policy.normalise(obs)), torch.zeros(shape).transpose(0, 1))
         )
