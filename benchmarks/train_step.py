@@ -1,17 +1,20 @@
 """Training-step benchmark: one joint update of all agents (critics + actors + targets), measured side by side.
 
-    python -m benchmarks.train_step [--device cpu|cuda] [--steps 8] [--hidden 512,512,512,512] [--batch 256]
+    python -m benchmarks.train_step [--peer-repo PATH | --no-peer] [--sizes paper,grid] [--peer-threads 1,2]
+                                    [--skip-estimators] [--device cpu|cuda] [--hidden ...] [--batch 256]
 
-Every configuration runs in its own child process (clean peak-memory numbers, no allocator cross-talk), one
-after the other; ratios are taken within this one run. Measured:
-- `fd` vs `jvp` (vs `zero`) d/dt u estimators: step time and peak memory;
-- bf16 autocast vs fp32 (on this CPU bf16 matmuls are only fast with AVX512-BF16/AMX; the run records it);
-- this trainer vs a reference-structured update (the public reference's structure re-created in PyTorch:
-  one agent object per agent updated in turn, unfused passes, actions recomputed for logging every step);
-- agent-batched actor forward vs a loop over per-agent networks;
-- achieved GFLOP/s (matmul FLOPs counted by torch's FlopCounterMode) as a fraction of the fp32 matmul rate
-  measured in the same run.
-Results: benchmarks/results/train_step.json.
+1. Ours against the official OM2P code (JAX, github.com/lizr16/OM2P; `benchmarks/peer_om2p.py` fetches it
+   into a throwaway folder and venv outside the project and runs it in a child process), at the paper's size
+   (4x512, batch 256) and the results grid's (2x128, batch 128), with one thread (both pinned to one core)
+   and with both cores. Ours is timed lever by lever: fp32 eager (the step before #16), bf16 autocast,
+   torch.compile of the losses, and both. Interleaved round by round in one run, medians reported, with the
+   share of the matmul rate measured in the same run and the first step's time (compilation). When the
+   official code cannot run on a machine the table says why and ours is still timed.
+2. At `--hidden`/`--batch`/`--threads`, eager: `fd` vs `jvp` vs `zero` (step time, peak memory per
+   configuration in a fresh process), bf16 vs fp32, our update vs the reference's structure re-created in
+   PyTorch (one agent object per agent updated in turn, unfused passes, a logged action MSE per step), and
+   agent-batched vs per-agent forward passes.
+Results: benchmarks/results/train_step.json (and the training-step section of docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -28,6 +32,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from benchmarks import peer_om2p
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 N_AGENTS, OBS_DIM, ACT_DIM = 3, 18, 5  # cooperative navigation
@@ -167,6 +173,7 @@ def _build(spec: dict, device: torch.device):
         critic_hidden=spec["hidden"],
         batch_size=spec["batch"],
         bf16_autocast=spec["bf16"],
+        compile_update=spec.get("compile", False),
         device=spec["device"],
     )
     obs_mean, obs_std = torch.zeros(N_AGENTS, OBS_DIM), torch.ones(N_AGENTS, OBS_DIM)
@@ -293,6 +300,174 @@ def batched_vs_loop(hidden: list[int], batch: int, device: torch.device, repeats
     return {"batch": batch, "batched_ms": batched_ms, "loop_ms": loop_ms, "speedup": loop_ms / batched_ms}
 
 
+SIZES = {"paper": ([512, 512, 512, 512], 256), "grid": ([128, 128], 128)}
+"""The paper's networks and batch, and the results grid's."""
+
+LEVERS = {
+    "fp32": {"bf16": False, "compile": False},
+    "bf16_autocast": {"bf16": True, "compile": False},
+    "compiled_fp32": {"bf16": False, "compile": True},
+    "compiled_bf16_autocast": {"bf16": True, "compile": True},
+}
+"""Our update with each speed lever on its own and both together (`fd`, the default estimator)."""
+
+
+def _pin(cores: set[int]) -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+
+
+def vs_peer(
+    sizes: list[str],
+    thread_counts: list[int],
+    rounds: int,
+    round_s: float,
+    peer: dict | None,
+    log=print,
+    unavailable: str | None = None,
+) -> dict:
+    """Ours (each lever) and the official code at each size and thread count, interleaved round by round
+    in one run; the median over rounds is reported. One thread: both pinned to one core (XLA's intra-op
+    threading off); two threads: both cores."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device("cpu")
+    all_cores = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    )
+    out: dict = {"sizes": {}, "matmul_gflop_s": {}, "rounds": rounds}
+    for threads in thread_counts:
+        _pin(set(sorted(all_cores)[:threads]))
+        torch.set_num_threads(threads)
+        out["matmul_gflop_s"][str(threads)] = {
+            "fp32": matmul_rate(device, torch.float32),
+            "bf16": matmul_rate(device, torch.bfloat16),
+        }
+    for size in sizes:
+        hidden, batch_size = SIZES[size]
+        batch = _batch(batch_size, device)
+        _pin(set(sorted(all_cores)[:1]))
+        torch.set_num_threads(1)
+        updates, warmup_s, flops = {}, {}, {}
+        for lever, flags in LEVERS.items():
+            spec = {
+                "kind": "om2p",
+                "du_dt": "fd",
+                "hidden": hidden,
+                "batch": batch_size,
+                "device": "cpu",
+                **flags,
+            }
+            updates[lever] = _build(spec, device)
+            start = time.perf_counter()
+            updates[lever](batch)  # for compiled levers: tracing and inductor's C++ build
+            warmup_s[lever] = time.perf_counter() - start
+            log(f"{size}: {lever} first step {warmup_s[lever]:.1f} s")
+        counter = FlopCounterMode(display=False)
+        with counter:
+            _build(
+                {
+                    "kind": "om2p",
+                    "du_dt": "fd",
+                    "hidden": hidden,
+                    "batch": batch_size,
+                    "device": "cpu",
+                    "bf16": False,
+                },
+                device,
+            )(batch)
+        flops = (
+            counter.get_total_flops()
+        )  # the first step's, which is every step's (no optimizer-state FLOPs counted)
+        per_threads = {}
+        for threads in thread_counts:
+            cores = set(sorted(all_cores)[:threads])
+            _pin(cores)
+            torch.set_num_threads(threads)
+            peer_step, peer_setup = None, None
+            peer_error = None if peer is not None else unavailable
+            if peer is not None:
+                try:
+                    peer_step = peer_om2p.PeerStep(
+                        peer, hidden, batch_size, N_AGENTS, OBS_DIM, ACT_DIM, cores
+                    )
+                    peer_setup = peer_step.setup
+                    log(f"{size}, {threads} thread(s): peer jit compile {peer_setup['compile_s']:.1f} s")
+                except peer_om2p.PeerUnavailable as error:
+                    peer_error = str(error)
+            contenders: dict = dict(updates)
+            if threads > 1:
+                # The thread-setting lever: both cores available, one intra-op thread (small kernels do not
+                # split well, and OpenMP barriers stall when another process holds the second core).
+                best = "compiled_bf16_autocast"
+
+                def one_thread(batch, step=updates[best], threads=threads):
+                    torch.set_num_threads(1)
+                    try:
+                        return step(batch)
+                    finally:
+                        torch.set_num_threads(threads)
+
+                contenders[f"{best}_1_thread"] = one_thread
+                warmup_s[f"{best}_1_thread"] = warmup_s[best]
+            estimates = {}
+            for name, step in contenders.items():
+                start = time.perf_counter()
+                step(batch)
+                estimates[name] = time.perf_counter() - start
+            if peer_step is not None:
+                estimates["official"] = peer_step.time(1)
+            steps = {name: max(1, round(round_s / max(seconds, 1e-4))) for name, seconds in estimates.items()}
+            times: dict[str, list[float]] = {name: [] for name in estimates}
+            for _ in range(rounds):
+                for name in estimates:
+                    if name == "official":
+                        times[name].append(peer_step.time(steps[name]))
+                        continue
+                    start = time.perf_counter()
+                    for _ in range(steps[name]):
+                        contenders[name](batch)
+                    times[name].append((time.perf_counter() - start) / steps[name])
+            if peer_step is not None:
+                peer_step.close()
+            rates = out["matmul_gflop_s"][str(threads)]
+            rows = {}
+            for name, samples in times.items():
+                seconds = sorted(samples)[len(samples) // 2]
+                row = {
+                    "ms_per_step": seconds * 1e3,
+                    "steps_per_s": 1.0 / seconds,
+                    "rounds_ms": [x * 1e3 for x in samples],
+                }
+                if name != "official":
+                    row["achieved_gflop_s"] = flops / seconds / 1e9
+                    row["share_of_fp32_matmul_rate"] = row["achieved_gflop_s"] / rates["fp32"]
+                    row["share_of_bf16_matmul_rate"] = row["achieved_gflop_s"] / rates["bf16"]
+                    row["first_step_s"] = warmup_s[name]
+                rows[name] = row
+            if "official" in rows:
+                for row in rows.values():
+                    row["vs_official"] = row["steps_per_s"] / rows["official"]["steps_per_s"]
+            per_threads[str(threads)] = {
+                "configurations": rows,
+                "steps_per_round": steps,
+                "official_setup": peer_setup,
+                "official_unavailable": peer_error,
+            }
+            log(
+                f"{size}, {threads} thread(s): "
+                + ", ".join(f"{name} {row['ms_per_step']:.1f} ms" for name, row in rows.items())
+            )
+        out["sizes"][size] = {
+            "hidden": hidden,
+            "batch": batch_size,
+            "matmul_gflop_per_step": flops / 1e9,
+            "threads": per_threads,
+        }
+    _pin(all_cores)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -302,15 +477,119 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the machine is shared)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--peer-repo",
+        help="lizr16/OM2P git dir or work tree (default: $OM2P_PEER_REPO, then the local mirror)",
+    )
+    parser.add_argument("--no-peer", action="store_true", help="time ours only")
+    parser.add_argument(
+        "--sizes", default="paper,grid", help="sizes of the comparison with the official code"
+    )
+    parser.add_argument("--peer-threads", default="1,2", help="thread counts of the comparison")
+    parser.add_argument("--peer-rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    parser.add_argument("--round-s", type=float, default=1.0, help="seconds per configuration and round")
+    parser.add_argument(
+        "--skip-estimators", action="store_true", help="only the comparison with the official code"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return 0
 
+    device = torch.device(args.device)
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    report = {
+        "benchmark": "train_step",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": args.device,
+        "cpu_has_avx512_bf16": "avx512_bf16" in flags,
+        "cpu_has_amx": "amx_bf16" in flags,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+    }
+    if device.type == "cpu" and args.sizes:
+        peer = None
+        if args.no_peer:
+            report["official_unavailable"] = "--no-peer"
+        else:
+            try:
+                peer = peer_om2p.prepare(args.peer_repo)
+                report["official"] = peer
+            except (peer_om2p.PeerUnavailable, OSError, subprocess.CalledProcessError) as error:
+                report["official_unavailable"] = str(error)
+                print(f"the official OM2P code cannot run here ({error}); timing ours only")
+        report["vs_official"] = vs_peer(
+            args.sizes.split(","),
+            [int(x) for x in args.peer_threads.split(",")],
+            args.peer_rounds,
+            args.round_s,
+            peer,
+            unavailable=report.get("official_unavailable"),
+        )
+        torch.set_num_threads(args.threads)
+    if not args.skip_estimators:
+        report.update(estimators_section(args, device))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print("\n".join(comparison_lines(report)))
+    for name, r in report.get("configurations", {}).items():
+        print(
+            f"{name:<30} {r['ms_per_step']:9.1f} ms/step  {r['steps_per_s']:6.2f} steps/s  "
+            f"{r['achieved_gflop_s']:6.1f} GFLOP/s ({100 * r['fraction_of_fp32_matmul_rate']:4.0f}% of fp32 matmul)"
+        )
+    print(f"written to {out}")
+    return 0
+
+
+def comparison_lines(report: dict) -> list[str]:
+    """The side-by-side table of ours (per lever) and the official code, as markdown."""
+    section = report.get("vs_official")
+    if not section:
+        return []
+    lines = [
+        "| size | threads | configuration | ms / step | steps / s | vs official | GFLOP/s (share of fp32 / bf16 matmul) | first step s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for size, entry in section["sizes"].items():
+        label = f"{size} ({'x'.join(map(str, entry['hidden']))}, batch {entry['batch']})"
+        for threads, result in entry["threads"].items():
+            for name, row in result["configurations"].items():
+                rate = (
+                    f"{row['achieved_gflop_s']:.1f} ({row['share_of_fp32_matmul_rate']:.0%} / "
+                    f"{row['share_of_bf16_matmul_rate']:.0%})"
+                    if "achieved_gflop_s" in row
+                    else "-"
+                )
+                first = (
+                    f"{row['first_step_s']:.1f}"
+                    if "first_step_s" in row
+                    else (
+                        f"{result['official_setup']['compile_s']:.1f}"
+                        if result.get("official_setup")
+                        else "-"
+                    )
+                )
+                versus = f"{row['vs_official']:.2f}x" if "vs_official" in row else "-"
+                lines.append(
+                    f"| {label} | {threads} | {name} | {row['ms_per_step']:.1f} | {row['steps_per_s']:.2f} | "
+                    f"{versus} | {rate} | {first} |"
+                )
+            if result.get("official_unavailable"):
+                lines.append(
+                    f"| {label} | {threads} | official: not run ({result['official_unavailable']}) | | | | | |"
+                )
+    return lines
+
+
+def estimators_section(args, device: torch.device) -> dict:
+    """`fd` vs `jvp` vs `zero`, bf16, the PyTorch re-creation of the reference's structure, agent batching:
+    at `--hidden`/`--batch`, `--threads`, eager."""
     from tqdm import tqdm
 
-    device = torch.device(args.device)
     hidden = [int(x) for x in args.hidden.split(",")]
     torch.set_num_threads(args.threads)
     common = {"hidden": hidden, "batch": args.batch, "steps": args.steps, "device": args.device}
@@ -349,16 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         / results["om2p_fd_bf16_autocast"]["ms_per_step"],
         "agent_batched_vs_loop_forward_speedup": {str(b["batch"]): b["speedup"] for b in batching},
     }
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    report = {
-        "benchmark": "train_step",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": args.device,
-        "cpu_has_avx512_bf16": "avx512_bf16" in flags,
-        "cpu_has_amx": "amx_bf16" in flags,
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "threads": args.threads,
+    return {
         "sizes": {
             "agents": N_AGENTS,
             "obs_dim": OBS_DIM,
@@ -372,18 +642,6 @@ def main(argv: list[str] | None = None) -> int:
         "agent_batched_forward": batching,
         "summary": summary,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({"summary": summary, "matmul_gflop_s": rates}, indent=2))
-    for name, r in results.items():
-        print(
-            f"{name:<30} {r['ms_per_step']:9.1f} ms/step  {r['steps_per_s']:6.2f} steps/s  "
-            f"{r['achieved_gflop_s']:6.1f} GFLOP/s ({100 * r['fraction_of_fp32_matmul_rate']:4.0f}% of fp32 matmul)  "
-            f"peak mem +{r[memory_key]:.0f} MB"
-        )
-    print(f"written to {out}")
-    return 0
 
 
 if __name__ == "__main__":

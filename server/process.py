@@ -23,6 +23,21 @@ from pathlib import Path
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess:
+    """`python -m om2p ARGS` from the repository root, output captured: how tests and benchmarks meet the CLI
+    the way a user does (exit status, one-line errors)."""
+    return subprocess.run(
+        [sys.executable, "-m", "om2p", *args],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))

@@ -22,18 +22,31 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from training.checkpoint_files import (
+    CHECKPOINTS_DIR,
+    INFO_FILE,
+    LATEST_FILE,
+    OPTIMIZER_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    read_info_json,
+    resolve_checkpoint,
+)
+from training.checkpoint_files import step_dir as step_directory
 from training.config import TrainConfig
 from training.policy import PolicyModule
 
+__all__ = [
+    "INFO_FILE",
+    "LATEST_FILE",
+    "OPTIMIZER_FILE",
+    "WEIGHTS_FILE",
+    "CheckpointError",
+    "CheckpointInfo",
+    "resolve_checkpoint",
+]
+
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-INFO_FILE = "checkpoint.json"
-LATEST_FILE = "latest"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, malformed or made for something else; the message names the file."""
 
 
 @dataclass
@@ -92,35 +105,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A step directory from a step directory, `checkpoints/` or a run directory (through `latest`)."""
-    path = Path(path)
-    if path.is_file() and path.name in (INFO_FILE, WEIGHTS_FILE):
-        path = path.parent
-    if (path / INFO_FILE).is_file():
-        return path
-    for directory in (path / "checkpoints", path):
-        latest = directory / LATEST_FILE
-        if latest.is_file():
-            step_dir = directory / latest.read_text().strip()
-            if not (step_dir / INFO_FILE).is_file():
-                raise CheckpointError(f"{latest}: points to {step_dir.name!r}, which holds no {INFO_FILE}")
-            return step_dir
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint or run directory")
-    raise CheckpointError(
-        f"{path}: not a checkpoint (expected a step directory with {INFO_FILE}, or a run directory with "
-        f"checkpoints/{LATEST_FILE})"
-    )
-
-
 def read_info(path: str | Path) -> CheckpointInfo:
     step_dir = resolve_checkpoint(path)
     info_path = step_dir / INFO_FILE
-    try:
-        data = json.loads(info_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{info_path}: not valid JSON: {error}") from None
+    data = read_info_json(step_dir)
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{info_path}: field 'format_version' is {data.get('format_version')!r}, expected {FORMAT_VERSION}"
@@ -228,8 +216,8 @@ def save_checkpoint(
     """Write `RUN_DIR/checkpoints/step_<step>/`, point `latest` at it, keep the newest `keep` (0: all).
 
     `info` holds checkpoint.json's fields except `format_version` and `created_at`, which are added here."""
-    checkpoints = Path(run_dir) / "checkpoints"
-    step_dir = checkpoints / f"step_{int(info['step']):08d}"
+    checkpoints = Path(run_dir) / CHECKPOINTS_DIR
+    step_dir = step_directory(run_dir, info["step"])
     partial = checkpoints / f".{step_dir.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)

@@ -9,6 +9,7 @@ core here); the paper's GPU scale is `actor_hidden=[512,512,512,512]`, `critic_h
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import types
 import typing
@@ -16,9 +17,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DU_DT_ESTIMATORS = ("fd", "jvp", "zero")
-TIME_SAMPLERS = ("uniform", "logit_normal", "beta", "endpoint")
-MEAN_FLOW_OUTPUTS = ("velocity", "residual")  # training/policy.py's MeanFlowActor
+
+class DuDtEstimator(enum.StrEnum):
+    """How the mean-flow loss estimates d/dt u (`du_dt`); each maps to one function in training/algos/om2p.py."""
+
+    FD = "fd"  # derivative-free: a backward difference along the path (OM2P's choice)
+    JVP = "jvp"  # exact: one forward-mode pass with tangent (v, 1)
+    ZERO = "zero"  # d/dt u := 0, flow matching with two time inputs (an ablation)
+
+
+class TimeSampler(enum.StrEnum):
+    """The (r, t) distribution (`time_sampler`); each maps to one function in training/algos/timesteps.py."""
+
+    UNIFORM = "uniform"
+    LOGIT_NORMAL = "logit_normal"
+    BETA = "beta"
+    ENDPOINT = "endpoint"
+
+
+DU_DT_ESTIMATORS = tuple(DuDtEstimator)
+TIME_SAMPLERS = tuple(TimeSampler)
+
+
+class MeanFlowOutput(enum.StrEnum):
+    """What the mean-flow actor's MLP outputs (`mean_flow_output`); see training/policy.py's MeanFlowActor."""
+
+    VELOCITY = "velocity"  # u = f (the paper's)
+    RESIDUAL = "residual"  # u = z - f: the one-step action e - u(e, 0, 1) is f(e, 0, 1) itself
+
+
+MEAN_FLOW_OUTPUTS = tuple(MeanFlowOutput)
 Q_AGGREGATES = ("mean", "min")
 
 
@@ -196,7 +224,14 @@ class TrainConfig:
     tau: float = _doc(0.005, "Polyak rate of the target critics")
     q_aggregate: str = _doc("mean", "TD target over the two target Qs: mean or min (matd3bc, omar: min)")
     alpha: float = _doc(0.03, "normalised Q-loss weight: L_MF + alpha L_Q; flow, diffusion: L_BC + alpha L_Q")
-    bf16_autocast: bool = _doc(False, "bfloat16 autocast for the network passes that carry gradients")
+    bf16_autocast: bool = _doc(
+        True,
+        "om2p: bfloat16 autocast for the passes that carry gradients where the device runs bf16 natively "
+        "(CUDA; CPUs with AVX512-BF16 or AMX), fp32 elsewhere; the fd difference stays fp32",
+    )
+    compile_update: bool = _doc(
+        False, "om2p on cpu: torch.compile the critic and actor losses (inductor; warm-up of about a minute)"
+    )
 
     # Mean-flow objective.
     du_dt: str = _doc("fd", "estimator of d/dt u: fd (finite difference), jvp (exact) or zero (ablation)")

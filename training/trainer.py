@@ -43,6 +43,7 @@ RESUMABLE_CHANGES = {
     "device",
     "num_threads",
     "cuda_graphs",
+    "compile_update",  # the same update, compiled or not (rounding differs, the losses do not)
 }
 
 

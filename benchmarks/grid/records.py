@@ -17,7 +17,21 @@ import numpy as np
 
 RECORD_VERSION = 1
 # Config fields that change how a run is executed, not what it learns or how it is scored.
-MACHINE_FIELDS = ("dataset", "device", "num_threads", "eval_envs", "log_every", "keep_checkpoints")
+MACHINE_FIELDS = (
+    "dataset",
+    "device",
+    "num_threads",
+    "eval_envs",
+    "log_every",
+    "keep_checkpoints",
+    "compile_update",
+)
+# Config fields added after records began, each with the value that reproduces the runs made before it
+# existed: at that value a field hashes as if absent, so adding it does not retrain the grid. The recorded value
+# is what is compared, never the current default, so changing a default still invalidates the runs it changes.
+ADDED_FIELDS: dict[str, Any] = {
+    "mean_flow_output": "velocity",  # issue 20: the mean-flow actor's MLP had always been the velocity
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,11 @@ def record_path(records: Path, key: RunKey) -> Path:
 def config_hash(config: dict[str, Any], dataset: dict[str, Any], test: dict[str, int]) -> str:
     """What decides a run's numbers: the training config (less machine fields), the dataset's identity (not
     its path: the same file lies elsewhere on another machine) and the test episodes."""
-    learned = {k: v for k, v in config.items() if k not in MACHINE_FIELDS}
+    learned = {
+        k: v
+        for k, v in config.items()
+        if k not in MACHINE_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+    }
     identity = {
         k: dataset.get(k)
         for k in ("env", "quality", "seed", "transitions", "format_version", "behaviour_sha256")

@@ -25,10 +25,10 @@ from typing import Any
 
 from benchmarks.grid.records import RunKey, config_hash, dataset_summary
 from benchmarks.grid.settings import Cell, GridSettings
+from training.checkpoint_files import CHECKPOINTS_DIR, INFO_FILE, step_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG_FILE = "train.log"
-INFO = "checkpoint.json"  # training.checkpoint.INFO_FILE, without importing torch in the driver
 EPISODE_SEED_STRIDE = 1_000_003  # training.data.collect: dataset k's episodes use seeds k * stride + i
 
 
@@ -242,11 +242,11 @@ def execute(job: Job) -> dict[str, Any]:
     with run_lock(run_dir) as held:
         if not held:
             return {"error": f"busy: another process is training {run_dir}"}
-        final = run_dir / "checkpoints" / f"step_{job.steps:08d}"
+        final = step_dir(run_dir, job.steps)
         started = time.perf_counter()
         resumed = False
-        if not (final / INFO).is_file():
-            resumed = any((run_dir / "checkpoints").glob("step_*/" + INFO))
+        if not (final / INFO_FILE).is_file():
+            resumed = any((run_dir / CHECKPOINTS_DIR).glob("step_*/" + INFO_FILE))
             if not resumed and run_dir.exists():
                 shutil.rmtree(run_dir)  # a start that never reached a checkpoint
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +268,7 @@ def execute(job: Job) -> dict[str, Any]:
             tail = " | ".join(evaluated.stderr.strip().splitlines()[-3:])
             return {"error": f"om2p eval exited {evaluated.returncode}: {tail}"}
         test = json.loads(evaluated.stdout)
-        info = json.loads((final / INFO).read_text())
+        info = json.loads((final / INFO_FILE).read_text())
     return {
         "curve": read_curve(run_dir),
         "test_raw": {

@@ -133,11 +133,13 @@ FULL_BUDGETS = {
     "halfcheetah_2x3": Budget(steps=50_000, eval_every=2_500, test_episodes=500),
 }
 
-# Sized for one CPU core per run.
+# Sized for one CPU core per run. bf16 autocast is pinned off: where it is on by default depends on the CPU,
+# and a grid spread over machines must train the same thing on each.
 FULL_COMMON = (
     "actor_hidden=[128,128]",
     "critic_hidden=[128,128]",
     "batch_size=128",
+    "bf16_autocast=false",
 )
 
 # One candidate grid per weighted algorithm, five candidates each: the same tuning budget for every one.

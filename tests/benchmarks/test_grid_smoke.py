@@ -288,3 +288,16 @@ def test_a_tiny_grid_runs_as_ray_tasks(ray_cluster, tmp_path):
     (path,) = record_files(tmp_path)
     record = json.loads(path.read_text())
     assert record["algo"] == "bc" and np.isfinite(record["test"]["normalised_score"])
+
+
+def test_a_field_added_at_its_neutral_value_keeps_the_records_a_changed_default_does_not(monkeypatch):
+    from benchmarks.grid import records
+
+    dataset, test = {"env": ENV, "seed": 0}, {"seed": 200_000, "episodes": 10}
+    before = {"algo": "om2p", "alpha": 3.0}
+    monkeypatch.setattr(records, "ADDED_FIELDS", {"new_field": "old_behaviour"})
+    digest = records.config_hash(before, dataset, test)
+    assert records.config_hash({**before, "new_field": "old_behaviour"}, dataset, test) == digest
+    assert records.config_hash({**before, "new_field": "other"}, dataset, test) != digest
+    assert records.config_hash({**before, "compile_update": True}, dataset, test) == digest  # machine field
+    assert records.config_hash({**before, "alpha": 10.0}, dataset, test) != digest

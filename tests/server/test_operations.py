@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from server.process import REPOSITORY_ROOT, ServerProcess, free_port
+from server.process import REPOSITORY_ROOT, ServerProcess, free_port, run_cli
 from server.settings import BUNDLED_MODEL_DIR
 from server.synthetic import reference_policy, write_synthetic_repository
 
@@ -201,24 +200,13 @@ def test_watched_model_directory_loads_a_new_version(tmp_path):
         server.stop()
 
 
-def om2p(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "om2p", *args],
-        cwd=REPOSITORY_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_cli_refuses_bad_models_and_unaggregated_workers_in_one_line(model_repository, tmp_path):
-    missing = om2p("serve", "--model", str(tmp_path / "nowhere"))
+    missing = run_cli("serve", "--model", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
     corrupt = tmp_path / "corrupt"
     shutil.copytree(model_repository, corrupt)
     (corrupt / "1" / "model.onnx").write_bytes(b"tampered")
-    tampered = om2p("serve", "--model", str(corrupt))
+    tampered = run_cli("serve", "--model", str(corrupt))
     assert (
         tampered.returncode == 2
         and "sha256" in tampered.stderr
@@ -233,20 +221,20 @@ def test_cli_refuses_bad_models_and_unaggregated_workers_in_one_line(model_repos
     manifest = json.loads((version_dir / "manifest.json").read_text())
     manifest["files"][0].update(sha256=hashlib.sha256(b"not a graph").hexdigest(), bytes=11)
     (version_dir / "manifest.json").write_text(json.dumps(manifest))
-    failed = om2p("serve", "--model", str(version_dir), "--port", str(free_port()))
+    failed = run_cli("serve", "--model", str(version_dir), "--port", str(free_port()))
     assert failed.returncode == 2 and "cannot load the model" in failed.stderr.splitlines()[-1]
-    bad_option = om2p("serve", "--model", str(model_repository), "--max-batch-rows", "0")
+    bad_option = run_cli("serve", "--model", str(model_repository), "--max-batch-rows", "0")
     assert bad_option.returncode == 2 and "--max-batch-rows" in bad_option.stderr
     env = {"PROMETHEUS_MULTIPROC_DIR": ""}
-    workers = om2p("serve", "--model", str(model_repository), "--workers", "2", env=env)
+    workers = run_cli("serve", "--model", str(model_repository), "--workers", "2", env=env)
     assert workers.returncode == 2 and "PROMETHEUS_MULTIPROC_DIR" in workers.stderr
-    from_env = om2p("serve", "--model", str(model_repository), env={"OM2P_MAX_QUEUE_ROWS": "-5"})
+    from_env = run_cli("serve", "--model", str(model_repository), env={"OM2P_MAX_QUEUE_ROWS": "-5"})
     assert from_env.returncode == 2 and "OM2P_MAX_QUEUE_ROWS" in from_env.stderr
 
 
 def test_serve_without_model_uses_the_bundled_policy_or_says_how_to_get_one():
     if not BUNDLED_MODEL_DIR.is_dir():
-        result = om2p("serve", "--port", "1")
+        result = run_cli("serve", "--port", "1")
         assert result.returncode == 2 and "bundled" in result.stderr and "--model" in result.stderr
         return
     server = ServerProcess(None)

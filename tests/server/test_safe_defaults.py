@@ -4,31 +4,18 @@ one line."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server.process import REPOSITORY_ROOT, ServerProcess
+from server.process import ServerProcess, run_cli
 from server.settings import ServerSettings
 
 KEY = "clé-ключ-鍵"  # non-ASCII on purpose: clients send its UTF-8 bytes
 OBS = {"observations": [[0.1] * 18] * 3, "deterministic": True}
-
-
-def om2p(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "om2p", *args],
-        cwd=REPOSITORY_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -48,9 +35,11 @@ def keyed_server(model_repository: Path):
 
 
 def test_beyond_loopback_without_a_key_refuses_to_start(model_repository):
-    line = one_line_error(om2p("serve", "--model", str(model_repository), "--host", "0.0.0.0", "--port", "0"))
+    line = one_line_error(
+        run_cli("serve", "--model", str(model_repository), "--host", "0.0.0.0", "--port", "0")
+    )
     assert "--api-key" in line and "OM2P_API_KEY" in line and "--no-admin" in line and "0.0.0.0" in line
-    from_env = om2p("serve", "--model", str(model_repository), env={"OM2P_HOST": "::", "OM2P_PORT": "0"})
+    from_env = run_cli("serve", "--model", str(model_repository), env={"OM2P_HOST": "::", "OM2P_PORT": "0"})
     assert "--api-key" in one_line_error(from_env)
     # What may start: a key, or no /admin at all; loopback stays open for local use.
     assert ServerSettings(host="0.0.0.0", api_key="k").exposure_problem() is None
@@ -62,9 +51,9 @@ def test_beyond_loopback_without_a_key_refuses_to_start(model_repository):
 
 @pytest.mark.parametrize("key", ["", "   "], ids=["empty", "blank"])
 def test_empty_keys_are_refused_at_start_up(model_repository, key):
-    line = one_line_error(om2p("serve", "--model", str(model_repository), "--api-key", key))
+    line = one_line_error(run_cli("serve", "--model", str(model_repository), "--api-key", key))
     assert "--api-key" in line and "empty" in line
-    from_env = one_line_error(om2p("serve", "--model", str(model_repository), env={"OM2P_API_KEY": key}))
+    from_env = one_line_error(run_cli("serve", "--model", str(model_repository), env={"OM2P_API_KEY": key}))
     assert "OM2P_API_KEY" in from_env
 
 
@@ -130,5 +119,5 @@ def test_port_in_use_is_one_line(model_repository):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = one_line_error(om2p("serve", "--model", str(model_repository), "--port", str(port)))
+        line = one_line_error(run_cli("serve", "--model", str(model_repository), "--port", str(port)))
     assert f"--port {port}" in line and "already in use" in line

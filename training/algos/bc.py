@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from training.algos.base import Algorithm, Batch
-from training.algos.om2p import OM2P, mean_flow_objective
+from training.algos.om2p import OM2P, mean_flow_loss
 from training.algos.timesteps import sample_timesteps
 from training.config import TrainConfig
 from training.envs.spec import EnvSpec
@@ -51,10 +51,11 @@ class BC(Algorithm):
         obs, _, x, _, _, mask = self.agent_major_batch(batch)
         n, b = x.shape[0], x.shape[1]
 
-        # Mean-flow loss (the whole actor loss): L_MF at (r, t) from OM2P's timestep distribution.
+        # Mean-flow loss (the whole actor loss): OM2P's L_MF, the same function, at (r, t) from OM2P's
+        # timestep distribution.
         e = torch.randn_like(x) * mask
         r, t = sample_timesteps(config, (n, b, 1), x.device)
-        loss_mf = mean_flow_objective(
+        loss_mf = mean_flow_loss(
             self.actor,
             obs,
             x,
@@ -65,7 +66,7 @@ class BC(Algorithm):
             config.fd_delta,
             mask,
             config.adaptive_loss_power,
-        )
+        ).loss
         optimizer = self.optimizers()["actor"]
         optimizer.zero_grad(set_to_none=True)
         loss_mf.backward()

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from training.algos.flow import KStepQPolicy, conditional_network
-from training.algos.om2p import mean_flow_loss
+from training.algos.om2p import masked_mse
 from training.config import TrainConfig
 from training.envs.spec import EnvSpec
 from training.policy import MeanFlowActor, PolicyModule, constant_like
@@ -97,7 +97,7 @@ class Diffusion(KStepQPolicy):
         k = torch.randint(1, steps + 1, (x.shape[0], x.shape[1], 1), device=x.device)
         eps = torch.randn_like(x) * mask
         x_k = self.sampler.noised(x, eps, k)
-        return mean_flow_loss(self.sampler.noise_prediction(obs, x_k, k / steps), eps, mask)
+        return masked_mse(self.sampler.noise_prediction(obs, x_k, k / steps), eps, mask)
 
 
 ALGORITHM = Diffusion

@@ -25,7 +25,7 @@ from torch import nn
 
 from training.algos.base import Algorithm, Batch
 from training.algos.critics import AgentCritics, critic_loss, normalised_q_loss, polyak_update, td_target
-from training.algos.om2p import frozen, mean_flow_loss, path_point
+from training.algos.om2p import frozen, masked_mse, path_point
 from training.config import TrainConfig
 from training.envs.spec import EnvSpec
 from training.policy import MeanFlowActor, PolicyModule, constant_like
@@ -154,7 +154,7 @@ class FlowQL(KStepQPolicy):
         e = torch.randn_like(x) * mask
         t = torch.rand(x.shape[0], x.shape[1], 1, device=x.device)
         z, v = path_point(x, e, t)
-        return mean_flow_loss(self.sampler.velocity(obs, z, t), v, mask)
+        return masked_mse(self.sampler.velocity(obs, z, t), v, mask)
 
 
 ALGORITHM = FlowQL

@@ -6,33 +6,39 @@ t = 0 is data, t = 1 is noise, z_t = (1 - t) x + t e, v = e - x.
 
 Actor loss  L = L_MF + alpha * L_Q:
 - L_MF = || u(z_t, r, t) - stopgrad(v - (t - r) d/dt u(z_t, r, t)) ||^2, the MeanFlow identity, with
-  d/dt u = v . grad_z u + du/dt estimated by `fd`, `jvp` or `zero` (see the estimators below);
+  d/dt u = v . grad_z u + du/dt estimated by `fd`, `jvp` or `zero` (`DuDtEstimator`, one function each);
 - L_Q = -mean Q(o_i, a_i) / stopgrad(mean |Q|) with a_i = clip(e - u(e, 0, 1 | o_i)), the gradient flowing
   through the single network evaluation that produced a_i.
 Critic loss: TD error against r + gamma (1 - done) agg_k Q_target^k(o', a'), a' the one-step next action.
+
+`mean_flow_loss` is the only implementation of L_MF: OM2P's actor loss, `bc` and the ablations all call it.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 
-from training.algos.base import Algorithm, Batch
+from training.acceleration import bf16_autocast, maybe_compile, native_bf16
+from training.algos.base import AgentBatch, Algorithm, Batch
 from training.algos.critics import AgentCritics, critic_loss, normalised_q_loss, polyak_update, td_target
 from training.algos.timesteps import sample_timesteps
-from training.config import TrainConfig
+from training.config import DuDtEstimator, TrainConfig
 from training.envs.spec import EnvSpec
 from training.policy import MeanFlowActor, MeanFlowSampler, PolicyModule, constant_like
 
 __all__ = [
+    "DU_DT_ESTIMATORS",
     "OM2P",
+    "MeanFlowLoss",
     "du_dt_fd",
     "du_dt_jvp",
+    "masked_mse",
     "mean_flow_loss",
-    "mean_flow_objective",
     "mean_flow_target",
     "path_point",
     "sample_timesteps",
@@ -40,6 +46,9 @@ __all__ = [
 
 VelocityField = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """`u(obs, z, r, t)`: the average velocity, e.g. a `MeanFlowActor`."""
+
+Rows = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]
+"""The inputs `(obs, z, r, t)` of one network pass, agent-major `[N, B, *]`."""
 
 
 # Mean-flow objective.
@@ -50,10 +59,17 @@ def path_point(x: torch.Tensor, e: torch.Tensor, t: torch.Tensor) -> tuple[torch
     return (1.0 - t) * x + t * e, e - x
 
 
+def _stack_rows(*rows: Rows) -> Rows:
+    """Several passes' inputs as one pass (rows concatenated on the batch axis); obs may be None."""
+    return tuple(  # type: ignore[return-value]
+        None if parts[0] is None else torch.cat(parts, dim=1) for parts in zip(*rows, strict=True)
+    )
+
+
 @torch.no_grad()
 def du_dt_fd(
     u: VelocityField,
-    obs: torch.Tensor,
+    obs: torch.Tensor | None,
     z: torch.Tensor,
     v: torch.Tensor,
     r: torch.Tensor,
@@ -61,21 +77,31 @@ def du_dt_fd(
     delta: float,
     u_now: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Derivative-free d/dt u (OM2P): a backward difference along the path, no graph.
+    """Derivative-free d/dt u (OM2P): a backward difference along the path, no graph, in float32.
 
     z_{t - delta} = z_t - delta v on the straight path, so
-    d/dt u ~ [u(z_t, r, t) - u(z_t - delta v, r, t - delta)] / delta. `u_now` reuses an evaluation already
-    made at (z_t, r, t). delta must be resolvable in float32 next to t (1e-3..1e-2): the reference code's
-    1e-12 gives t - delta == t and a derivative of exactly zero (pitfall 2).
+    d/dt u ~ [u(z_t, r, t) - u(z_t - delta v, r, t - delta)] / delta. `u_now` reuses an fp32 evaluation
+    already made at (z_t, r, t); without it both points go through one pass. delta must be resolvable in
+    float32 next to t (1e-3..1e-2): the reference code's 1e-12 gives t - delta == t and a derivative of
+    exactly zero (pitfall 2). Autocast is off here: bf16 rounding (~4e-3 relative) divided by delta would
+    swamp the difference.
     """
-    if u_now is None:
-        u_now = u(obs, z, r, t)
-    u_before = u(obs, z - delta * v, r, t - delta)
+    earlier = (obs, z - delta * v, r, t - delta)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        if u_now is None:
+            u_now, u_before = u(*_stack_rows((obs, z, r, t), earlier)).split(z.shape[1], dim=1)
+        else:
+            u_before = u(*earlier)
     return (u_now.float() - u_before.float()) / delta
 
 
 def du_dt_jvp(
-    u: VelocityField, obs: torch.Tensor, z: torch.Tensor, v: torch.Tensor, r: torch.Tensor, t: torch.Tensor
+    u: VelocityField,
+    obs: torch.Tensor | None,
+    z: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    t: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact `(u, d/dt u)` by one forward-mode pass with tangent (v, 1) in (z, t).
 
@@ -91,16 +117,16 @@ def mean_flow_target(v: torch.Tensor, r: torch.Tensor, t: torch.Tensor, du_dt: t
     return v - (t - r) * du_dt
 
 
-def mean_flow_loss(
-    u_pred: torch.Tensor,
-    u_target: torch.Tensor,
+def masked_mse(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
     action_mask: torch.Tensor | None = None,
     adaptive_power: float = 0.0,
 ) -> torch.Tensor:
-    """|| u_pred - stopgrad(u_target) ||^2 summed over real action entries, averaged over rows.
+    """|| prediction - stopgrad(target) ||^2 summed over real action entries, averaged over rows.
 
     `adaptive_power` p > 0 weights each row by 1 / (err^2 + 1e-3)^p (MeanFlow's adaptive loss)."""
-    error = u_pred - u_target.detach()
+    error = prediction - target.detach()
     if action_mask is not None:
         error = error * action_mask
     squared = error.float().square().sum(dim=-1)
@@ -109,33 +135,92 @@ def mean_flow_loss(
     return squared.mean()
 
 
-def mean_flow_objective(
+class Estimate(NamedTuple):
+    """One graph pass over the mean-flow rows (first `b`) and any extra rows, and d/dt u on the first `b`."""
+
+    u_all: torch.Tensor
+    du_dt: torch.Tensor
+
+
+def _fd_estimate(
+    u: VelocityField, rows: Rows, path: Rows, v: torch.Tensor, delta: float, bf16: bool
+) -> Estimate:
+    b = v.shape[1]
+    with bf16_autocast(bf16, v.device):
+        u_all = u(*rows)
+    # In fp32 the graph pass's own output is the later point; in bf16 its rounding is too coarse for it.
+    u_now = None if bf16 else u_all[:, :b].detach()
+    return Estimate(u_all, du_dt_fd(u, *path[:2], v, *path[2:], delta, u_now=u_now))
+
+
+def _jvp_estimate(
+    u: VelocityField, rows: Rows, path: Rows, v: torch.Tensor, delta: float, bf16: bool
+) -> Estimate:
+    b = v.shape[1]
+    extra = rows[1].shape[1] - b
+    # Tangent (v, 1) on the mean-flow rows, 0 on the extra rows.
+    tangent_z = torch.cat([v, v.new_zeros(v.shape[0], extra, v.shape[2])], dim=1)
+    tangent_t = torch.cat([torch.ones_like(path[3]), path[3].new_zeros(v.shape[0], extra, 1)], dim=1)
+    with bf16_autocast(bf16, v.device):
+        u_all, derivative = torch.func.jvp(
+            lambda z_, t_: u(rows[0], z_, rows[2], t_), (rows[1], rows[3]), (tangent_z, tangent_t)
+        )
+    return Estimate(u_all, derivative[:, :b].float())
+
+
+def _zero_estimate(
+    u: VelocityField, rows: Rows, path: Rows, v: torch.Tensor, delta: float, bf16: bool
+) -> Estimate:
+    with bf16_autocast(bf16, v.device):
+        u_all = u(*rows)
+    return Estimate(u_all, torch.zeros_like(v))
+
+
+DU_DT_ESTIMATORS: dict[DuDtEstimator, Callable[..., Estimate]] = {
+    DuDtEstimator.FD: _fd_estimate,
+    DuDtEstimator.JVP: _jvp_estimate,
+    DuDtEstimator.ZERO: _zero_estimate,
+}
+"""d/dt u by estimator: `(u, graph rows, mean-flow rows, v, delta, bf16) -> Estimate`."""
+
+
+class MeanFlowLoss(NamedTuple):
+    loss: torch.Tensor
+    """L_MF, a scalar with its graph."""
+    du_dt: torch.Tensor
+    """The d/dt u estimate on the mean-flow rows (detached), for logging."""
+    extra: torch.Tensor | None
+    """u at the extra rows, with its graph (OM2P's one-step actions for the Q term), or None."""
+
+
+def mean_flow_loss(
     u: VelocityField,
-    obs: torch.Tensor,
+    obs: torch.Tensor | None,
     x: torch.Tensor,
     e: torch.Tensor,
     r: torch.Tensor,
     t: torch.Tensor,
-    estimator: str = "fd",
+    estimator: DuDtEstimator | str = DuDtEstimator.FD,
     delta: float = 5e-3,
     action_mask: torch.Tensor | None = None,
     adaptive_power: float = 0.0,
-) -> torch.Tensor:
-    """L_MF for data `x` and noise `e` at times (r, t): the reference form of the loss (the trainer's
-    `OM2P.update` computes the same quantity with its network passes fused)."""
+    extra_rows: Rows | None = None,
+    bf16: bool = False,
+) -> MeanFlowLoss:
+    """L_MF = || u(z_t, r, t) - stopgrad(v - (t - r) d/dt u) ||^2 for data `x`, noise `e` at times (r, t).
+
+    `extra_rows` `(obs, z, r, t)` ride along in the same graph pass (one batched matmul per layer instead of
+    two passes); their outputs come back as `extra`. `bf16` autocasts the graph pass (the fd difference
+    stays fp32)."""
     z, v = path_point(x, e, t)
-    if estimator == "jvp":
-        u_pred, derivative = du_dt_jvp(u, obs, z, v, r, t)
-    else:
-        u_pred = u(obs, z, r, t)
-        if estimator == "fd":
-            derivative = du_dt_fd(u, obs, z, v, r, t, delta, u_now=u_pred.detach())
-        elif estimator == "zero":
-            derivative = torch.zeros_like(u_pred)
-        else:
-            raise ValueError(f"unknown du/dt estimator {estimator!r}; choose fd, jvp or zero")
-    target = mean_flow_target(v, r, t, derivative.detach())
-    return mean_flow_loss(u_pred, target, action_mask, adaptive_power)
+    path = (obs, z, r, t)
+    rows = path if extra_rows is None else _stack_rows(path, extra_rows)
+    # A StrEnum key also matches its plain string value (the config's), without a lookup dynamo would break on.
+    u_all, du_dt = DU_DT_ESTIMATORS[estimator](u, rows, path, v, delta, bf16)
+    b = x.shape[1]
+    target = mean_flow_target(v, r, t, du_dt.detach())
+    loss = masked_mse(u_all[:, :b], target, action_mask, adaptive_power)
+    return MeanFlowLoss(loss, du_dt.detach(), None if extra_rows is None else u_all[:, b:])
 
 
 # The algorithm.
@@ -143,8 +228,9 @@ def mean_flow_objective(
 
 @contextmanager
 def frozen(module: torch.nn.Module):
-    """No parameter gradients for `module` (the actor's Q term differentiates through the critics' inputs
-    only; skipping their weight gradients saves one matmul per layer)."""
+    """No parameter gradients for `module` (an actor term that differentiates through the critics' inputs
+    only; skipping their weight gradients saves one matmul per layer). Used by the TD3-style baselines;
+    OM2P's compiled path uses `with_detached_weights` instead, which changes no Python state."""
     parameters = [p for p in module.parameters() if p.requires_grad]
     for p in parameters:
         p.requires_grad_(False)
@@ -153,6 +239,27 @@ def frozen(module: torch.nn.Module):
     finally:
         for p in parameters:
             p.requires_grad_(True)
+
+
+def with_detached_weights(module: torch.nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """`module(*args)` with its weights as constants: gradients reach the inputs, never the weights."""
+    weights = {name: p.detach() for name, p in module.named_parameters()}
+    return torch.func.functional_call(module, weights, args)
+
+
+class StepInputs(NamedTuple):
+    """One step's agent-major batch and every random draw of the step, made before the (compilable) losses
+    so that compiled and eager steps see the same numbers."""
+
+    batch: AgentBatch
+    noise: torch.Tensor
+    """e of the mean-flow path z_t = (1 - t) x + t e."""
+    policy_noise: torch.Tensor
+    """e of the Q term's one-step action."""
+    next_noise: torch.Tensor
+    """e of the TD target's one-step next action."""
+    r: torch.Tensor
+    t: torch.Tensor
 
 
 class OM2P(Algorithm):
@@ -166,6 +273,7 @@ class OM2P(Algorithm):
         self.policy = self.build_policy(spec, config, obs_mean, obs_std)
         self.critics = AgentCritics.for_config(spec, config)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
+        self._losses: tuple[Callable, Callable] | None = None
 
     @classmethod
     def build_policy(
@@ -194,99 +302,108 @@ class OM2P(Algorithm):
             actor=(self.actor, self.config.actor_lr), critic=(self.critics, self.config.critic_lr)
         )
 
-    def _autocast(self, device: torch.device):
-        if not self.config.bf16_autocast:
-            return nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    def bf16(self, device: torch.device) -> bool:
+        """Whether the passes that carry gradients run under bf16 autocast on `device`."""
+        return self.config.bf16_autocast and native_bf16(device)
+
+    def step_inputs(self, batch: Batch) -> StepInputs:
+        agent_batch = self.agent_major_batch(batch)
+        x, mask = agent_batch.actions, agent_batch.mask
+        noise = torch.randn_like(x) * mask
+        policy_noise = torch.randn_like(x) * mask
+        next_noise = torch.randn_like(x) * mask
+        r, t = sample_timesteps(self.config, (x.shape[0], x.shape[1], 1), x.device)
+        return StepInputs(agent_batch, noise, policy_noise, next_noise, r, t)
+
+    def critic_loss(self, inputs: StepInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        config, batch = self.config, inputs.batch
+        device = batch.actions.device
+
+        # TD target: r + gamma (1 - done) agg_k Q_target^k(o', a'), a' = clip(e' - u(e', 0, 1 | o')).
+        with torch.no_grad():
+            e_next = inputs.next_noise
+            u_next = self.actor(
+                batch.next_obs, e_next, constant_like(e_next, 0.0), constant_like(e_next, 1.0)
+            )
+            next_actions = (e_next - u_next).clamp(-1.0, 1.0) * batch.mask
+            next_q = self.target_critics(batch.next_obs, next_actions)
+            target = td_target(batch.rewards, batch.dones, next_q, config.gamma, config.q_aggregate)
+
+        # Critic loss: the squared TD error of every ensemble member.
+        with bf16_autocast(self.bf16(device), device):
+            q = self.critics(batch.obs, batch.actions)
+        loss = critic_loss(q.float(), target)
+        return loss, {"loss/critic": loss.detach(), "q/mean": q.detach().float().mean()}
+
+    def actor_loss(self, inputs: StepInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        config, batch = self.config, inputs.batch
+        x, mask, e_policy = batch.actions, batch.mask, inputs.policy_noise
+        device, bf16 = x.device, self.bf16(x.device)
+        use_q = config.alpha > 0.0
+
+        # Mean-flow loss L_MF; the Q term's one-step rows u(e, 0, 1 | o) share its graph pass.
+        one_step_rows = (batch.obs, e_policy, constant_like(x, 0.0), constant_like(x, 1.0))
+        mean_flow = mean_flow_loss(
+            self.actor,
+            batch.obs,
+            x,
+            inputs.noise,
+            inputs.r,
+            inputs.t,
+            config.du_dt,
+            config.fd_delta,
+            mask,
+            config.adaptive_loss_power,
+            extra_rows=one_step_rows if use_q else None,
+            bf16=bf16,
+        )
+        info = {"loss/mean_flow": mean_flow.loss.detach(), "du_dt/abs_mean": mean_flow.du_dt.abs().mean()}
+        loss = mean_flow.loss
+
+        # Q loss L_Q = -mean Q(o_i, a_i) / stopgrad(mean |Q|), a_i = clip(e - u(e, 0, 1 | o_i)); the gradient
+        # reaches the actor through a_i only (the critics' weights are constants here).
+        if use_q:
+            policy_actions = (e_policy - mean_flow.extra).clamp(-1.0, 1.0) * mask
+            with bf16_autocast(bf16, device):
+                q_policy = with_detached_weights(self.critics, batch.obs, policy_actions)
+            q_policy = q_policy.float().mean(dim=1)
+            loss_q = normalised_q_loss(q_policy)
+            loss = loss + config.alpha * loss_q
+            info["loss/q"] = loss_q.detach()
+            # loss/q is -1 or 1 whenever every Q shares a sign; the raw value shows the actor's progress.
+            info["q/policy"] = q_policy.detach().mean()
+        info["loss/actor"] = loss.detach()
+        return loss, info
+
+    def losses(self, device: torch.device) -> tuple[Callable, Callable]:
+        """`(critic_loss, actor_loss)`, compiled on the CPU when `compile_update` is set (on CUDA the trainer
+        replays the whole step as a CUDA graph instead)."""
+        if self._losses is None:
+            enabled = self.config.compile_update and device.type == "cpu"
+            self._losses = (
+                maybe_compile(self.critic_loss, enabled, "critic_loss"),
+                maybe_compile(self.actor_loss, enabled, "actor_loss"),
+            )
+        return self._losses
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        config, actor = self.config, self.actor
         optimizers = self.optimizers()
-        obs, next_obs, x, rewards, dones, mask = self.agent_major_batch(batch)
-        n, b = x.shape[0], x.shape[1]
-        device = x.device
+        inputs = self.step_inputs(batch)
+        critic_loss_fn, actor_loss_fn = self.losses(inputs.batch.actions.device)
 
-        e = torch.randn_like(x) * mask  # the mean-flow path's noise
-        e_policy = torch.randn_like(x) * mask  # noise of the Q term's one-step action
-        e_next = torch.randn_like(x) * mask  # noise of the TD target's next action
-        r, t = sample_timesteps(config, (n, b, 1), device)
-        z, v = path_point(x, e, t)
-        zeros, ones = constant_like(x, 0.0), constant_like(x, 1.0)
-
-        # One graph-free actor pass for everything that needs no gradient: the next actions and, for `fd`,
-        # the earlier point on the path (plus the current point when the graph pass runs in bf16, whose
-        # rounding would swamp a difference over delta).
-        fd = config.du_dt == "fd"
-        fp32_now = fd and config.bf16_autocast
-        rows = [(next_obs, e_next, zeros, ones)]
-        if fd:
-            rows.append((obs, z - config.fd_delta * v, r, t - config.fd_delta))
-        if fp32_now:
-            rows.append((obs, z, r, t))
-        with torch.no_grad():
-            outputs = actor(*(torch.cat(parts, dim=1) for parts in zip(*rows, strict=True))).split(b, dim=1)
-        next_actions = (e_next - outputs[0]).clamp(-1.0, 1.0) * mask
-
-        # Critics: TD regression toward the target critics at the one-step next action.
-        with torch.no_grad():
-            target = td_target(
-                rewards, dones, self.target_critics(next_obs, next_actions), config.gamma, config.q_aggregate
-            )
-        with self._autocast(device):
-            q = self.critics(obs, x)
-        loss_critic = critic_loss(q.float(), target)
+        loss_critic, info = critic_loss_fn(inputs)
         optimizers["critic"].zero_grad(set_to_none=True)
         loss_critic.backward()
         optimizers["critic"].step()
 
-        # Actor: the mean-flow rows and the one-step rows of the Q term share one batched pass.
-        use_q = config.alpha > 0.0
-        graph_rows = [(obs, z, r, t)] + ([(obs, e_policy, zeros, ones)] if use_q else [])
-        inputs = [torch.cat(parts, dim=1) for parts in zip(*graph_rows, strict=True)]
-        with self._autocast(device):
-            if config.du_dt == "jvp":
-                # Tangent (v, 1) on the mean-flow rows, 0 on the one-step rows.
-                tangent_z = torch.cat([v, torch.zeros_like(e_policy)], dim=1) if use_q else v
-                tangent_t = torch.cat([ones, zeros], dim=1) if use_q else ones
-                u_all, derivative_all = torch.func.jvp(
-                    lambda z_, t_: actor(inputs[0], z_, inputs[2], t_),
-                    (inputs[1], inputs[3]),
-                    (tangent_z, tangent_t),
-                )
-                derivative = derivative_all[:, :b].float()
-            else:
-                u_all = actor(*inputs)
-        u_pred = u_all[:, :b]
-        if fd:
-            u_now = outputs[2] if fp32_now else u_pred.detach()
-            derivative = (u_now.float() - outputs[1].float()) / config.fd_delta
-        elif config.du_dt == "zero":
-            derivative = torch.zeros_like(x)
-        u_target = mean_flow_target(v, r, t, derivative.detach())
-        loss_mf = mean_flow_loss(u_pred, u_target, mask, config.adaptive_loss_power)
-        info = {
-            "loss/critic": loss_critic.detach(),
-            "loss/mean_flow": loss_mf.detach(),
-            "q/mean": q.detach().mean(),
-        }
-        loss_actor = loss_mf
-        if use_q:
-            policy_actions = (e_policy - u_all[:, b:]).clamp(-1.0, 1.0) * mask
-            with frozen(self.critics), self._autocast(device):
-                q_policy = self.critics(obs, policy_actions).float().mean(dim=1)
-            loss_q = normalised_q_loss(q_policy)
-            loss_actor = loss_mf + config.alpha * loss_q
-            info["loss/q"] = loss_q.detach()
-            # loss/q is -1 or 1 whenever every Q shares a sign; the raw value shows the actor's progress.
-            info["q/policy"] = q_policy.detach().mean()
+        # The actor's Q term reads the critics after their step, as in the sequential update of the paper.
+        loss_actor, actor_info = actor_loss_fn(inputs)
         optimizers["actor"].zero_grad(set_to_none=True)
         loss_actor.backward()
         optimizers["actor"].step()
 
-        polyak_update(self.target_critics, self.critics, config.tau)
-        info["loss/actor"] = loss_actor.detach()
-        info["du_dt/abs_mean"] = derivative.detach().abs().mean()
-        return info
+        polyak_update(self.target_critics, self.critics, self.config.tau)
+        return info | actor_info
 
 
 ALGORITHM = OM2P
