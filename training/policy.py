@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from training.config import MEAN_FLOW_OUTPUTS
+from training.config import MEAN_FLOW_OUTPUTS, MeanFlowOutput
 from training.networks import GroupedMLP, agent_major, batch_major
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class MeanFlowActor(nn.Module):
             ids = self.agent_ids.expand(n, b, n)
             # Agents become rows of one group: the shared MLP sees [1, N*B, F].
             f = self.net(torch.cat([x, ids], dim=-1).reshape(1, n * b, -1)).reshape(n, b, self.act_dim)
-        return z - f if self.output == "residual" else f
+        return z - f if self.output == MeanFlowOutput.RESIDUAL else f
 
     def flops_per_row(self) -> int:
         """Multiply-add FLOPs of one evaluation for one (agent, sample) row."""
