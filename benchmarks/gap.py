@@ -95,6 +95,8 @@ def measurements() -> list[Run | Behaviour | str]:
         Run("train/bc_mse/raw_obs/seed0/10k", "bc_mse", 10_000, {"normalise_observations": False}),
         Run("train/bc_mse/default/seed0/40k", "bc_mse", 40_000, eval_every=5000),
         Run("train/bc/default/seed0/20k", "bc", 20_000),
+        Run("train/bc/default/seed1/20k", "bc", 20_000, seed=1),
+        Run("train/bc/default/seed2/20k", "bc", 20_000, seed=2),
         Run("train/bc/uniform/seed0/20k", "bc", 20_000, {"time_sampler": "uniform"}),
         Run("train/bc/logit_normal/seed0/20k", "bc", 20_000, {"time_sampler": "logit_normal"}),
         Run("train/bc/equal0/seed0/20k", "bc", 20_000, {"equal_time_ratio": 0.0}),
