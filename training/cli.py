@@ -81,6 +81,7 @@ def _train(args: argparse.Namespace) -> int:
         summary.update(
             mean_return=result.evaluation["mean_return"],
             normalised_score=result.evaluation["normalised_score"],
+            normalised_score_se=result.evaluation.get("normalised_score_se"),
         )
     print(json.dumps(summary))
     return 0
@@ -117,6 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
         "mean_return": result["mean_return"],
         "std_return": result["std_return"],
         "normalised_score": result["normalised_score"],
+        "normalised_score_se": result["normalised_score_se"],
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -126,5 +128,10 @@ def _eval(args: argparse.Namespace) -> int:
         f"{info.env} {info.algo} step {info.step}: mean return {report['mean_return']:.3f} "
         f"(std {report['std_return']:.3f}, {args.episodes} episodes)"
         + (f", normalised score {score:.1f}" if score is not None else ", no reference returns recorded")
+        + (
+            f" +- {report['normalised_score_se']:.1f} (SE)"
+            if report["normalised_score_se"] is not None
+            else ""
+        )
     )
     return 0

@@ -37,6 +37,16 @@ class TimeSampler(enum.StrEnum):
 
 DU_DT_ESTIMATORS = tuple(DuDtEstimator)
 TIME_SAMPLERS = tuple(TimeSampler)
+
+
+class MeanFlowOutput(enum.StrEnum):
+    """What the mean-flow actor's MLP outputs (`mean_flow_output`); see training/policy.py's MeanFlowActor."""
+
+    VELOCITY = "velocity"  # u = f (the paper's)
+    RESIDUAL = "residual"  # u = z - f: the one-step action e - u(e, 0, 1) is f(e, 0, 1) itself
+
+
+MEAN_FLOW_OUTPUTS = tuple(MeanFlowOutput)
 Q_AGGREGATES = ("mean", "min")
 
 
@@ -181,14 +191,16 @@ class TrainConfig:
     """Hyperparameters of one training run (OM2P and the baselines that share the trainer)."""
 
     # What to train on.
-    algo: str = _doc("om2p", "training/algos module: om2p, bc, matd3bc, omar, flow or diffusion")
+    algo: str = _doc("om2p", "training/algos module: om2p, bc, bc_mse, matd3bc, omar, flow or diffusion")
     env: str = _doc("cooperative_navigation", "benchmark environment name (see `om2p envs`)")
     dataset: str = _doc("", "offline dataset .npz (default data/<env>/expert.npz)")
     steps: int = _doc(8000, "gradient steps (one step updates critics and actors of all agents)")
     seed: int = _doc(0, "seed of parameter initialisation, batch sampling and noise")
     device: str = _doc("cpu", "torch device: cpu or cuda")
     num_threads: int = _doc(1, "torch CPU threads (0: torch's default; 1 suits a shared machine)")
-    cuda_graphs: bool = _doc(True, "on cuda, replay the whole training step as one CUDA graph (om2p, bc)")
+    cuda_graphs: bool = _doc(
+        True, "on cuda, replay the whole training step as one CUDA graph (om2p, bc, bc_mse)"
+    )
 
     # Networks.
     actor_hidden: list[int] = field(
@@ -236,6 +248,9 @@ class TrainConfig:
     equal_time_ratio: float = _doc(0.25, "fraction of samples with r = t (flow matching on the diagonal)")
     adaptive_loss_power: float = _doc(0.0, "MeanFlow adaptive weight 1/(|err|^2 + c)^p; 0 = plain MSE")
     sampling_steps: int = _doc(1, "network evaluations per action at inference (1 = one-step OM2P)")
+    mean_flow_output: str = _doc(
+        "velocity", "the actor MLP's output f: velocity (u = f) or residual (u = z - f, action = f(e, 0, 1))"
+    )
 
     # Baselines: one section per algorithm (`--set omar.cql_weight=5`, YAML `omar: {cql_weight: 5}`); bc uses
     # the mean-flow fields above.
@@ -261,6 +276,7 @@ class TrainConfig:
         choices = {
             "du_dt": DU_DT_ESTIMATORS,
             "time_sampler": TIME_SAMPLERS,
+            "mean_flow_output": MEAN_FLOW_OUTPUTS,
             "q_aggregate": Q_AGGREGATES,
             "device": None,
         }

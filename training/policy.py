@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from training.config import MEAN_FLOW_OUTPUTS, MeanFlowOutput
 from training.networks import GroupedMLP, agent_major, batch_major
 
 if TYPE_CHECKING:
@@ -31,6 +32,12 @@ class MeanFlowActor(nn.Module):
 
     The time inputs are `(t, t - r)` (MeanFlow's choice: the interval length is what `u` averages over).
     With `share_parameters` one MLP serves all agents and a one-hot agent id is appended to its input.
+
+    `output` says what the MLP's output f is: `velocity`, u = f (the paper's), or `residual`, u = z - f. Both
+    describe the same functions; they differ in what the network must learn. With `velocity` the one-step
+    action e - f(e, 0, 1) needs f to carry e through unchanged, and any error in that identity lands in the
+    action; with `residual` the action is f(e, 0, 1) itself, and on a near-deterministic expert f is close to
+    the action wherever t is near 1 (docs/training.md, "The gap to the data").
     """
 
     def __init__(
@@ -41,10 +48,15 @@ class MeanFlowActor(nn.Module):
         hidden: Sequence[int],
         activation: str = "gelu",
         share_parameters: bool = False,
+        output: str = "velocity",
     ) -> None:
         super().__init__()
+        if output not in MEAN_FLOW_OUTPUTS:
+            raise ValueError(
+                f"unknown mean-flow output {output!r}; choose one of {', '.join(MEAN_FLOW_OUTPUTS)}"
+            )
         self.n_agents, self.obs_dim, self.act_dim = n_agents, obs_dim, act_dim
-        self.share_parameters = share_parameters
+        self.share_parameters, self.output = share_parameters, output
         in_features = obs_dim + act_dim + 2 + (n_agents if share_parameters else 0)
         groups = 1 if share_parameters else n_agents
         self.net = GroupedMLP(groups, in_features, tuple(hidden), act_dim, activation)
@@ -55,12 +67,13 @@ class MeanFlowActor(nn.Module):
         """`obs [N, B, obs_dim]`, `z [N, B, act_dim]`, `r`, `t` `[N, B, 1]` -> `u [N, B, act_dim]`."""
         x = torch.cat([obs, z, t, t - r], dim=-1)
         if not self.share_parameters:
-            return self.net(x)
-        n, b = x.shape[0], x.shape[1]
-        ids = self.agent_ids.expand(n, b, n)
-        # Agents become rows of one group: the shared MLP sees [1, N*B, F].
-        u = self.net(torch.cat([x, ids], dim=-1).reshape(1, n * b, -1))
-        return u.reshape(n, b, self.act_dim)
+            f = self.net(x)
+        else:
+            n, b = x.shape[0], x.shape[1]
+            ids = self.agent_ids.expand(n, b, n)
+            # Agents become rows of one group: the shared MLP sees [1, N*B, F].
+            f = self.net(torch.cat([x, ids], dim=-1).reshape(1, n * b, -1)).reshape(n, b, self.act_dim)
+        return z - f if self.output == MeanFlowOutput.RESIDUAL else f
 
     def flops_per_row(self) -> int:
         """Multiply-add FLOPs of one evaluation for one (agent, sample) row."""

@@ -65,6 +65,18 @@ def normalised_score(mean_return: float, reference_returns: dict[str, float] | N
     return float(score(mean_return, reference_returns))
 
 
+def normalised_score_se(returns: Sequence[float], reference_returns: dict[str, float] | None) -> float | None:
+    """The standard error of the normalised score over these episodes (ddof 1): the returns' SE in units of
+    the expert-random span. The references' own SEs are left out: they shift every run of a dataset alike.
+    None without references or with fewer than two episodes."""
+    if not reference_returns or len(returns) < 2:
+        return None
+    span = float(reference_returns["expert"]) - float(reference_returns["random"])
+    if span == 0.0:
+        return None
+    return float(100.0 * np.std(returns, ddof=1) / math.sqrt(len(returns)) / abs(span))
+
+
 def observation_statistics(
     observations: np.ndarray, spec: EnvSpec, enabled: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,6 +185,7 @@ def evaluate(
         "mean_return": mean_return,
         "std_return": float(np.std(result.returns)),
         "normalised_score": normalised_score(mean_return, reference_returns),
+        "normalised_score_se": normalised_score_se(result.returns, reference_returns),
         "deterministic": noise_seed is None,
     }
 

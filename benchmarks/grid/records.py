@@ -29,7 +29,9 @@ MACHINE_FIELDS = (
 # Config fields added after records began, each with the value that reproduces the runs made before it
 # existed: at that value a field hashes as if absent, so adding it does not retrain the grid. The recorded value
 # is what is compared, never the current default, so changing a default still invalidates the runs it changes.
-ADDED_FIELDS: dict[str, Any] = {}
+ADDED_FIELDS: dict[str, Any] = {
+    "mean_flow_output": "velocity",  # issue 20: the mean-flow actor's MLP had always been the velocity
+}
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ FULL_CELLS: tuple[Cell, ...] = (
     *((env, q) for env in MPE for q in QUALITIES),
     *((env, q) for env in LARGE for q in ("expert", "medium", "medium-replay")),
 )
-FULL_ALGORITHMS = ("om2p", "bc", "matd3bc", "omar", "flow", "diffusion")
+FULL_ALGORITHMS = ("om2p", "bc", "bc_mse", "matd3bc", "omar", "flow", "diffusion")
 
 # Provisional budgets, to be replaced by the pilot on OM2P and the strongest baseline (issue 17, item 4): long
 # enough that the last third of the validation curve is flat; the report flags every cell where it is not.

@@ -1,4 +1,4 @@
-"""The five baselines beside OM2P (bc, matd3bc, omar, flow, diffusion): updates, the deployable policy's
+"""The six baselines beside OM2P (bc, bc_mse, matd3bc, omar, flow, diffusion): updates, the deployable policy's
 contract (shape, range, padding), determinism, checkpoints through the real trainer, K-step sampler maths,
 behaviour cloning, OMAR's search, and ONNX export of the K-step policies."""
 
@@ -21,7 +21,8 @@ from training.config import OMARConfig
 from training.envs import env_spec
 from training.trainer import train
 
-BASELINES = ("bc", "matd3bc", "omar", "flow", "diffusion")
+BASELINES = ("bc", "bc_mse", "matd3bc", "omar", "flow", "diffusion")
+CRITIC_FREE = ("bc", "bc_mse")  # behaviour cloners: nothing reads a reward
 K_STEP = {"flow": "flow.steps", "diffusion": "diffusion.steps"}
 
 
@@ -30,7 +31,7 @@ def build(name: str, spec, config):
     return get_algorithm(name)(spec, config, torch.zeros(n, o), torch.ones(n, o))
 
 
-def test_all_six_algorithms_are_available():
+def test_all_seven_algorithms_are_available():
     assert available_algorithms() == sorted(["om2p", *BASELINES])
     for name in BASELINES:
         assert get_algorithm(name).name == name
@@ -46,8 +47,8 @@ def test_updates_give_finite_losses_and_move_the_actor(name, make_config, make_b
         info = {k: float(v) for k, v in algorithm.update(make_batch(spec, 16, step)).items()}
         assert all(np.isfinite(list(info.values()))), info
     assert "loss/actor" in info
-    assert ("loss/critic" in info) == (name != "bc")  # bc trains no critics at all
-    if name == "bc":
+    assert ("loss/critic" in info) == (name not in CRITIC_FREE)  # the cloners train no critics at all
+    if name in CRITIC_FREE:
         assert set(algorithm.optimizers()) == {"actor"}
         assert not any(k.startswith("critic") for k in algorithm.state_dict())
     after = list(algorithm.policy.parameters())
@@ -132,6 +133,7 @@ def test_matd3bc_resume_keeps_the_delayed_actor_schedule(tmp_path, make_config, 
     ("name", "changes"),
     [
         ("bc", {"time_sampler": "endpoint", "equal_time_ratio": 0.0}),
+        ("bc_mse", {}),
         ("diffusion", {"alpha": 0.0, "diffusion.steps": 5}),
     ],
 )
@@ -307,6 +309,26 @@ def test_elite_search_needs_two_elites_and_no_more_than_its_samples(make_config)
     make_config(**{"omar.elites": 30})  # the softmax search has no elites
 
 
+def test_bc_mse_ignores_noise_and_regresses_the_masked_mean_action(make_config):
+    # Two different actions for one observation: the MSE optimum is their mean, whatever the noise input.
+    spec = env_spec("world")  # padded action entries: neither trained nor counted
+    torch.manual_seed(0)
+    algorithm = build("bc_mse", spec, make_config(env="world", algo="bc_mse", actor_lr=1e-2))
+    n, o, a = spec.n_agents, spec.obs_dim, spec.act_dim
+    mask = torch.as_tensor(spec.action_mask, dtype=torch.float32)
+    observations = torch.randn(1, n, o).expand(32, n, o)
+    actions = torch.where(torch.arange(32).view(32, 1, 1) % 2 == 0, 0.6, -0.2).expand(32, n, a) * mask
+    batch = Batch(observations, actions, torch.zeros(32, n), observations, torch.zeros(32, n))
+    for _ in range(300):
+        info = algorithm.update(batch)
+    assert float(info["loss/bc"]) == pytest.approx(0.16, abs=0.01)  # the variance of {0.6, -0.2}
+    with torch.no_grad():
+        first = algorithm.policy(observations[:2], torch.zeros(2, n, a))
+        second = algorithm.policy(observations[:2], 5.0 * torch.randn(2, n, a))
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first, 0.2 * mask.expand(2, n, a), rtol=0, atol=0.02)
+
+
 @pytest.mark.parametrize("name", ["flow", "diffusion"])
 def test_k_step_policies_export_to_onnx_with_parity(name, tmp_path):
     pytest.importorskip("onnxruntime")
@@ -317,4 +339,15 @@ def test_k_step_policies_export_to_onnx_with_parity(name, tmp_path):
     result = export_checkpoint(step_dir, tmp_path / "models", fast_options(eval_episodes=0))
     assert result.version_dir.parent.name == f"world-{name}"
     assert result.manifest.network_evaluations_per_action == 4
+    assert result.parity and all(r.passed for r in result.parity)
+
+
+def test_bc_mse_policy_exports_to_onnx_with_parity(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export.exporter import export_checkpoint
+    from export.testing import fast_options, write_checkpoint
+
+    step_dir = write_checkpoint(tmp_path / "run", env="world", algo="bc_mse")
+    result = export_checkpoint(step_dir, tmp_path / "models", fast_options(eval_episodes=0))
+    assert result.manifest.network_evaluations_per_action == 1
     assert result.parity and all(r.passed for r in result.parity)

@@ -54,3 +54,14 @@ def test_graphed_step_updates_every_call_and_learns(make_config, make_batch):
     assert not torch.equal(before, weight.detach())  # a replay is a real optimizer step
     assert len(set(losses[:10])) > 1  # fresh noise and timesteps per replay
     assert sum(losses[-50:]) / 50 < 0.5 * sum(first) / len(first)  # 6.7 -> 1.0 on the CPU, eager
+
+
+def test_bc_mse_graphed_run_trains_and_serves_on_cpu(tmp_path, make_config, make_dataset):
+    # bc_mse declares supports_cuda_graphs: one forward, backward and fused Adam step, nothing host-side.
+    config = make_config(device="cuda", algo="bc_mse", cuda_graphs=True, steps=8)
+    result = train(config, tmp_path / "run", dataset=make_dataset(), progress=False)
+    assert result.evaluation is not None
+    policy, info = load_policy(tmp_path / "run", device="cpu")
+    assert info.algo == "bc_mse"
+    actions = policy(torch.randn(4, info.n_agents, info.obs_dim), torch.zeros(4, info.n_agents, info.act_dim))
+    assert torch.isfinite(actions).all() and actions.abs().max() <= 1.0

@@ -3,6 +3,7 @@ and the deployable PolicyModule."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -131,3 +132,17 @@ def test_policy_module_normalises_clips_and_masks():
     assert actions.abs().max() <= 1.0
     assert (actions[:, 1, 3] == 0).all()
     assert (actions.abs() == 1.0).any()
+
+
+@pytest.mark.parametrize("share_parameters", [False, True])
+def test_residual_output_makes_the_one_step_action_the_network_output(share_parameters):
+    # u = z - f, so a = e - u(e, 0, 1) = f(e, 0, 1): the same velocity field, the action read off directly.
+    torch.manual_seed(0)
+    velocity = MeanFlowActor(N, OBS, ACT, [32, 32], share_parameters=share_parameters)
+    residual = MeanFlowActor(N, OBS, ACT, [32, 32], share_parameters=share_parameters, output="residual")
+    residual.load_state_dict(velocity.state_dict())
+    obs, z, r, t = inputs()
+    torch.testing.assert_close(residual(obs, z, r, t), z - velocity(obs, z, r, t))
+    torch.testing.assert_close(one_step_action(residual, obs, z), velocity(obs, z, 0.0 * r, 0.0 * t + 1.0))
+    with pytest.raises(ValueError, match="unknown mean-flow output"):
+        MeanFlowActor(N, OBS, ACT, [8], output="action")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.algos import Batch, get_algorithm
-from training.checkpoint import CheckpointError, load_policy, read_info
+from training.checkpoint import CheckpointError, load_policy, read_info, resolve_checkpoint
 from training.config import load_config
 from training.trainer import train
 
@@ -133,6 +133,11 @@ def test_om2p_eval_json(tmp_path, make_config, make_dataset, capsys):
     assert report["episodes"] == 3 and report["env"] == ENV and report["step"] == 2
     expected = 100 * (report["mean_return"] + 150.0) / (-40.0 + 150.0)
     assert report["normalised_score"] == pytest.approx(expected)
+    checkpoint = read_info(resolve_checkpoint(tmp_path / "run"))
+    returns = checkpoint.evaluation["returns"]
+    expected_se = 100 * np.std(returns, ddof=1) / np.sqrt(len(returns)) / (-40.0 + 150.0)
+    assert checkpoint.evaluation["normalised_score_se"] == pytest.approx(expected_se)
+    assert report["normalised_score_se"] is not None and report["normalised_score_se"] >= 0.0
     assert main(["eval", str(tmp_path / "missing")]) == 2
 
 

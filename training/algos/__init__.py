@@ -1,6 +1,6 @@
 """Offline multi-agent algorithms, one sibling module each, behind one small interface.
 
-Adding a baseline (`bc`, `matd3bc`, `omar`, `flow`, `diffusion`) means adding `training/algos/<name>.py` that
+Adding a baseline (`bc`, `bc_mse`, `matd3bc`, `omar`, `flow`, `diffusion`) means adding `training/algos/<name>.py` that
 defines a subclass of `training.algos.base.Algorithm` and exposes it as the module attribute `ALGORITHM`:
 
 - `ALGORITHM.name` — the `--algo` value and checkpoint.json's `algo`;

@@ -286,6 +286,7 @@ class OM2P(Algorithm):
             config.actor_hidden,
             config.activation,
             share_parameters=config.share_parameters,
+            output=config.mean_flow_output,
         )
         return PolicyModule.for_spec(MeanFlowSampler(actor, config.sampling_steps), spec, obs_mean, obs_std)
 
