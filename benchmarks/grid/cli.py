@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", help="scratch run directories (default runs/grid; not committed)")
     parser.add_argument("--out", help="markdown page (default docs/results.md; plots go to its img/)")
     parser.add_argument("--json", help="raw numbers (default benchmarks/results/results.json)")
-    parser.add_argument("--notes", help="markdown file appended to the page as its Notes section")
+    parser.add_argument(
+        "--notes",
+        help="markdown file appended to the page as its Notes section (default docs/results_notes.md)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], help="training device (default cpu)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: the page from the records")
     parser.add_argument(

@@ -191,6 +191,7 @@ def full_grid() -> GridSettings:
         candidates=FULL_CANDIDATES,
         cell_candidates=full_cell_candidates(FULL_CELLS),
         tune_on={"world": "medium", "halfcheetah_2x3": "medium"},
+        notes=Path("docs/results_notes.md"),
     )
 
 
@@ -213,4 +214,5 @@ def smoke_grid(directory: Path) -> GridSettings:
         runs=directory / "runs",
         out=directory / "results.md",
         json_path=directory / "results.json",
+        notes=None,
     )
