@@ -275,6 +275,8 @@ def plot_curves(settings: GridSettings, records: analysis.Records, scores: dict[
     images.mkdir(parents=True, exist_ok=True)
     paths = {}
     for env, rows in scores.items():
+        if not any(cell["seeds"] for row in rows.values() for cell in row["algos"].values()):
+            continue  # nothing trained yet: no empty figure
         figure, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.4), squeeze=False)
         for axis, (quality, row) in zip(axes[0], rows.items(), strict=True):
             for algo, cell in row["algos"].items():
