@@ -163,6 +163,11 @@ class Om2pApp:
         self._admitted = 0
 
     @property
+    def refused_read_pause_s(self) -> float:
+        """For `server.protocols`: how long a connection refused by `shed` is not read (0: not at all)."""
+        return self.service.settings.refused_read_pause_ms / 1000.0
+
+    @property
     def max_body(self) -> int:
         return self.service.settings.max_body_bytes
 

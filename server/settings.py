@@ -32,6 +32,13 @@ class ServerSettings(BaseSettings):
         0, ge=0, description="longest wait for a batch to fill; 0 = run as soon as the compute thread is free"
     )
     max_queue_rows: int = Field(4096, ge=1, description="rows waiting before requests get 503 + Retry-After")
+    refused_read_pause_ms: int = Field(
+        100,
+        ge=0,
+        le=10_000,
+        description="after a 503 for a full queue, the connection's next request waits this long before it is "
+        "read (0 = at once): clients that resend at once cannot starve the batcher",
+    )
     request_timeout_ms: int = Field(
         1000, ge=1, description="deadline from arrival; past it a request gets 504"
     )

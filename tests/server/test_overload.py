@@ -26,11 +26,13 @@ def slow_model(tmp_path_factory) -> Path:
     return write_synthetic_repository(tmp_path_factory.mktemp("slow"), hidden=(1024, 1024, 1024))
 
 
-async def flood(url: str, seconds: float, done: asyncio.Event) -> list[tuple[int, float, str | None]]:
+async def flood(
+    url: str, seconds: float, done: asyncio.Event, keep_alive: bool = True
+) -> list[tuple[int, float, str | None]]:
     """CLIENTS closed-loop clients for at least `seconds` and until `done`: (status, latency s, Retry-After)
-    per answer."""
+    per answer. Without `keep_alive` every request opens a connection (none of them is ever paused)."""
     answers: list[tuple[int, float, str | None]] = []
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS if keep_alive else 0)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
         stop = time.monotonic() + seconds
 
@@ -66,7 +68,10 @@ def refused_without_body(port: int, attempts: int = 40) -> bool:
 
 
 def test_refusals_come_before_the_body_are_fast_and_accepted_requests_flow(slow_model):
-    server = ServerProcess(slow_model, max_batch_rows=1, max_queue_rows=1, request_timeout_ms=20000)
+    # No pause after a refusal here: this test times the refusal itself (the pause has its own test below).
+    server = ServerProcess(
+        slow_model, max_batch_rows=1, max_queue_rows=1, request_timeout_ms=20000, refused_read_pause_ms=0
+    )
     try:
         server.start()
 
@@ -90,5 +95,61 @@ def test_refusals_come_before_the_body_are_fast_and_accepted_requests_flow(slow_
         assert statistics.median(latency for latency, _ in refused) < statistics.median(accepted)
         # The connection of a refused request stays usable (keep-alive), and the server answers normally.
         assert httpx.post(f"{server.url}/act", json=ONE).status_code == 200
+    finally:
+        server.stop()
+
+
+def refused_then_next(port: int, seconds: float = 3.0) -> list[tuple[float, float]]:
+    """For `seconds`, on keep-alive connections: requests until one is refused, then the next request at
+    once, and a new connection; (seconds to the 503, seconds to the next answer) per refusal. (A request
+    admitted from its headers can still be refused after its body is read, by the queue check that has no
+    pause: so some pairs are quick.)"""
+    body = b'{"observations": [' + b",".join([b"[" + b",".join([b"0.1"] * 18) + b"]"] * 3) + b"]}"
+    request = (
+        b"POST /act HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+    pairs: list[tuple[float, float]] = []
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop and len(pairs) < 5:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            while time.monotonic() < stop:
+                started = time.perf_counter()
+                sock.sendall(request)
+                head = sock.recv(65536)
+                refused_s = time.perf_counter() - started
+                if head.startswith(b"HTTP/1.1 503"):
+                    started = time.perf_counter()
+                    sock.sendall(request)
+                    sock.recv(65536)
+                    pairs.append((refused_s, time.perf_counter() - started))
+                    break
+    return pairs
+
+
+def test_a_refused_connection_is_not_read_again_for_the_pause(slow_model):
+    server = ServerProcess(
+        slow_model, max_batch_rows=1, max_queue_rows=1, request_timeout_ms=20000, refused_read_pause_ms=400
+    )
+    try:
+        server.start()
+
+        async def scenario() -> list[tuple[float, float]]:
+            done = asyncio.Event()
+            # New connections keep the queue full: a paused connection would not.
+            flooding = asyncio.ensure_future(flood(server.url, 2.0, done, keep_alive=False))
+            await asyncio.sleep(0.5)  # the queue is full from here on
+            pairs = await asyncio.to_thread(refused_then_next, server.port)
+            done.set()
+            await flooding
+            return pairs
+
+        pairs = asyncio.run(scenario())
+        assert pairs, "no request was refused"
+        assert all(refused_s < 0.3 for refused_s, _ in pairs)  # the refusal itself is not held back
+        # The same connection's next request waited out the pause before it was read.
+        assert max(next_s for _, next_s in pairs) >= 0.35, pairs
     finally:
         server.stop()
