@@ -233,7 +233,8 @@ class TrainConfig:
         "(CUDA; CPUs with AVX512-BF16 or AMX), fp32 elsewhere; the fd difference stays fp32",
     )
     compile_update: bool = _doc(
-        False, "om2p on cpu: torch.compile the critic and actor losses (inductor; warm-up of about a minute)"
+        False,
+        "om2p, matd3bc, omar on cpu: torch.compile the critic and actor losses (inductor; warm-up of about a minute)",
     )
 
     # Mean-flow objective.

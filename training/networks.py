@@ -38,10 +38,13 @@ class GroupedLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: slice | None = None) -> torch.Tensor:
+        """`groups`: evaluate only these groups (`x` then holds their rows only)."""
         if self.shared:
             return torch.matmul(x, self.weight) + self.bias
-        return torch.baddbmm(self.bias, x, self.weight)
+        if groups is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[groups], x, self.weight[groups])
 
     def extra_repr(self) -> str:
         return f"groups={self.n_groups}, in={self.in_features}, out={self.out_features}, shared={self.shared}"
@@ -57,8 +60,11 @@ class GroupedLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(stored, 1, features))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+    def forward(self, x: torch.Tensor, groups: slice | None = None) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if groups is not None and weight.shape[0] > 1:
+            weight, bias = weight[groups], bias[groups]
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * weight + bias
 
 
 class GroupedMLP(nn.Module):
@@ -93,8 +99,14 @@ class GroupedMLP(nn.Module):
         layers.append(GroupedLinear(n_groups, width, out_features, shared))
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, groups: slice | None = None) -> torch.Tensor:
+        """`[G, B, in] -> [G, B, out]`; with `groups` (a slice of the group axis), only those groups:
+        `x` holds their rows, and the other groups cost nothing."""
+        if groups is None:
+            return self.layers(x)
+        for layer in self.layers:
+            x = layer(x, groups) if isinstance(layer, (GroupedLinear, GroupedLayerNorm)) else layer(x)
+        return x
 
     def flops_per_row(self) -> int:
         """Multiply-add FLOPs (2 per MAC) of one forward pass for one row of one group."""

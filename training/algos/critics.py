@@ -61,16 +61,35 @@ class AgentCritics(nn.Module):
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """`obs [N, B, obs_dim]`, `actions [N, B, act_dim]` (agent-major) -> `Q [N, E, B]`."""
-        x = torch.cat([obs, actions], dim=-1)
-        n, b, e = x.shape[0], x.shape[1], self.ensemble
-        if self.centralised:
-            x = x.transpose(0, 1).reshape(1, b, -1).expand(n, b, -1)
+        x, n, b, e = self._inputs(obs, actions)
         if self.share_parameters:
-            x = torch.cat([x, self.agent_ids.expand(n, b, n)], dim=-1).reshape(1, n * b, -1)
             q = self.net(x.expand(e, -1, -1).contiguous())  # [E, N*B, 1]
             return q.reshape(e, n, b).transpose(0, 1)
         x = x.unsqueeze(1).expand(n, e, b, x.shape[-1]).reshape(n * e, b, -1)
         return self.net(x).reshape(n, e, b)
+
+    def member(
+        self, k: int, obs: torch.Tensor, actions: torch.Tensor, detach_weights: bool = False
+    ) -> torch.Tensor:
+        """`Q_i^k [N, B]` of ensemble member `k` alone, at 1/E of `forward`'s cost (TD3's actor terms and
+        OMAR's search read Q^1 only). `detach_weights`: the weights enter as constants, so gradients reach
+        the inputs only (an actor term; unlike toggling `requires_grad`, this compiles)."""
+        x, n, b, e = self._inputs(obs, actions)
+        groups = slice(k, k + 1) if self.share_parameters else slice(k, None, e)  # agent-major groups
+        if not detach_weights:
+            return self.net(x, groups).reshape(n, b)
+        weights = {name: p.detach() for name, p in self.net.named_parameters()}
+        return torch.func.functional_call(self.net, weights, (x, groups)).reshape(n, b)
+
+    def _inputs(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+        """The network's rows: `[N, B, in]`, or `[1, N*B, in]` with shared parameters."""
+        x = torch.cat([obs, actions], dim=-1)
+        n, b = x.shape[0], x.shape[1]
+        if self.centralised:
+            x = x.transpose(0, 1).reshape(1, b, -1).expand(n, b, -1)
+        if self.share_parameters:
+            x = torch.cat([x, self.agent_ids.expand(n, b, n)], dim=-1).reshape(1, n * b, -1)
+        return x, n, b, self.ensemble
 
 
 def td_target(

@@ -15,14 +15,14 @@ The TD3 settings and alpha are the config's `matd3bc` section (`--set matd3bc.al
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from training.algos.base import Algorithm, Batch
+from training.acceleration import maybe_compile
+from training.algos.base import AgentBatch, Algorithm, Batch
 from training.algos.critics import AgentCritics, critic_loss, normalised_q_loss, polyak_update, td_target
-from training.algos.om2p import frozen
 from training.config import TD3Config, TrainConfig
 from training.envs.spec import EnvSpec
 from training.networks import GroupedMLP
@@ -99,6 +99,7 @@ class MATD3BC(Algorithm):
         # saved through the module's extra state so that --resume keeps the same schedule.
         self._updates = 0
         self._actor_info: dict[str, torch.Tensor] = {}
+        self._losses: tuple[Callable, Callable] | None = None
 
     @classmethod
     def build_policy(
@@ -148,8 +149,8 @@ class MATD3BC(Algorithm):
         """TD3+BC: alpha * (-Q^1 / stopgrad(mean |Q^1|)) + MSE(pi(o), a)."""
         actions = self.actor(obs) * mask
         # Q loss.
-        with frozen(self.critics):
-            q_policy = self.critics(obs, actions)[:, 0]  # TD3 differentiates through Q^1 only
+        # TD3 differentiates through Q^1 only, and only into the actions.
+        q_policy = self.critics.member(0, obs, actions, detach_weights=True)
         loss_q = normalised_q_loss(q_policy)
         # BC loss.
         loss_bc = masked_mse(actions, x, mask)
@@ -158,45 +159,67 @@ class MATD3BC(Algorithm):
     def clip_gradients(self, name: str) -> None:
         """Hook between backward and the optimizer step of `name` ("critic" or "actor"); none for TD3+BC."""
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        config, td3 = self.config, self.td3
-        optimizers = self.optimizers()
-        obs, next_obs, x, rewards, dones, mask = self.agent_major_batch(batch)
-
-        # Critics: clipped double-Q TD target at the smoothed target-policy action (TD3).
+    def critic_loss(self, batch: AgentBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Clipped double-Q TD loss at the smoothed target-policy action (TD3), plus the regularisers."""
+        td3 = self.td3
+        obs, next_obs, x, rewards, dones, mask = batch
         with torch.no_grad():
             smoothing = (torch.randn_like(x) * td3.target_noise).clamp(
                 -td3.target_noise_clip, td3.target_noise_clip
             )
             next_actions = (self.target_actor(next_obs) + smoothing).clamp(-1.0, 1.0) * mask
             target = td_target(
-                rewards, dones, self.target_critics(next_obs, next_actions), config.gamma, "min"
+                rewards, dones, self.target_critics(next_obs, next_actions), self.config.gamma, "min"
             )
         q = self.critics(obs, x)
         loss_td = critic_loss(q, target)
         regularisers = self.critic_regulariser(obs, q, mask)
-        loss_critic = loss_td + sum(regularisers.values(), torch.zeros((), device=x.device))
-        optimizers["critic"].zero_grad(set_to_none=True)
-        loss_critic.backward()
-        self.clip_gradients("critic")
-        optimizers["critic"].step()
+        # No `sum(..., torch.zeros(()))`: compiled, a loss that adds a fresh constant and is also returned
+        # detached comes back without its graph (torch 2.13).
+        loss = loss_td
+        for term in regularisers.values():
+            loss = loss + term
         info = {
-            "loss/critic": loss_critic.detach(),
+            "loss/critic": loss.detach(),
             "loss/td": loss_td.detach(),
             "q/mean": q.detach().mean(),
             **{k: v.detach() for k, v in regularisers.items()},
         }
+        return loss, info
+
+    def losses(self, device: torch.device) -> tuple[Callable, Callable]:
+        """`(critic_loss, actor_loss)`, compiled on the CPU when `compile_update` is set: inductor fuses the
+        LayerNorm, GELU and elementwise work that dominates these small critics (OMAR's CQL and search
+        evaluate them on ten times the batch)."""
+        if self._losses is None:
+            enabled = self.config.compile_update and device.type == "cpu"
+            self._losses = (
+                maybe_compile(self.critic_loss, enabled, "critic_loss"),
+                maybe_compile(self.actor_loss, enabled, "actor_loss"),
+            )
+        return self._losses
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        optimizers = self.optimizers()
+        agent_batch = self.agent_major_batch(batch)
+        critic_loss_fn, actor_loss_fn = self.losses(agent_batch.obs.device)
+
+        loss_critic, info = critic_loss_fn(agent_batch)
+        optimizers["critic"].zero_grad(set_to_none=True)
+        loss_critic.backward()
+        self.clip_gradients("critic")
+        optimizers["critic"].step()
 
         # Actor and target networks: every `policy_delay` critic updates (TD3's delayed policy updates).
         # Between them the last actor losses are reported again, so every logged row has the same keys.
-        if self._updates % td3.policy_delay == 0:
-            loss_actor, terms = self.actor_loss(obs, x, mask)
+        if self._updates % self.td3.policy_delay == 0:
+            loss_actor, terms = actor_loss_fn(agent_batch.obs, agent_batch.actions, agent_batch.mask)
             optimizers["actor"].zero_grad(set_to_none=True)
             loss_actor.backward()
             self.clip_gradients("actor")
             optimizers["actor"].step()
-            polyak_update(self.target_actor, self.actor, config.tau)
-            polyak_update(self.target_critics, self.critics, config.tau)
+            polyak_update(self.target_actor, self.actor, self.config.tau)
+            polyak_update(self.target_critics, self.critics, self.config.tau)
             self._actor_info = {
                 "loss/actor": loss_actor.detach(),
                 **{k: v.detach() for k, v in terms.items()},

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from training.algos.matd3bc import MATD3BC, masked_mse
-from training.algos.om2p import frozen
 from training.config import OMARConfig
 
 __all__ = ["OMAR", "clip_grad_norm_per_agent", "conservative_penalty", "search_actions"]
@@ -142,12 +141,11 @@ class OMAR(MATD3BC):
 
         # Actor rectification target a_hat: the search's best action, or the policy's where Q^1 prefers it.
         def q1(obs_rows: torch.Tensor, action_rows: torch.Tensor) -> torch.Tensor:
-            return self.critics(obs_rows, action_rows)[:, 0]
+            return self.critics.member(0, obs_rows, action_rows)
 
         a_hat = search_actions(q1, obs, actions.detach(), mask, settings)
-        # Q loss (unnormalised, as in the paper).
-        with frozen(self.critics):
-            loss_q = -self.critics(obs, actions)[:, 0].mean()
+        # Q loss (unnormalised, as in the paper); the gradient reaches the actor through its actions only.
+        loss_q = -self.critics.member(0, obs, actions, detach_weights=True).mean()
         # Rectification loss.
         loss_rectify = masked_mse(actions, a_hat, mask)
         # L2 term on the actor's output (the published code's 1e-3 * mean(pi(o)^2)).
