@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgpack
 
-from server.request_path import ClientGone, Decoded, Reply, act_body, dumps, serve
+from server.request_path import ClientGone, Decoded, DisconnectHook, Receive, Reply, act_body, dumps, serve
 from server.service import PolicyService
 from server.validation import (
     DECODE_IN_THREAD_BYTES,
@@ -70,7 +70,9 @@ def _text(value: bytes | None) -> str | None:
 
 
 class ActEndpoint:
-    """ASGI app for `POST /act`."""
+    """`POST /act`: `respond(headers, body)` decodes, serves and encodes; two entries feed it, the ASGI app
+    (any server, any protocol) and `server.protocols`, which answers a plain keep-alive request straight from
+    the parser without the ASGI request cycle."""
 
     def __init__(self, service: PolicyService) -> None:
         self.service = service
@@ -79,43 +81,57 @@ class ActEndpoint:
 
     async def __call__(self, scope, receive, send) -> None:
         headers = dict(scope["headers"])
+        answer = await self.respond(headers, lambda: self._read_body(headers, receive), receive)
+        if answer is not None:
+            status, extra, body = answer
+            # A Content-Length spares uvicorn the chunked encoding (two writes instead of one).
+            extra = [*extra, (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": extra})
+            await send({"type": "http.response.body", "body": body})
+
+    async def respond(
+        self,
+        headers: dict[bytes, bytes],
+        body: bytes | Callable[[], Awaitable[bytes]],
+        receive: Receive | DisconnectHook | None = None,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """`(status, headers, body)` of the answer, without Content-Length; None when the client left.
+        `body`: the request's body, or a coroutine function that reads it (after the API key is checked and
+        the queue has room, so that neither refusal waits for an upload). `receive` (ASGI, or the protocol's
+        `DisconnectHook`) lets a long wait notice a disconnect."""
         ctype = headers.get(b"content-type", b"application/json").split(b";", 1)[0].strip().lower()
         binary = ctype == b"application/octet-stream"
         packed = not binary and ctype in MSGPACK_TYPES
 
         async def decoded() -> Decoded:
             check_api_key(self.api_key, headers)
-            body = await self._read_body(headers, receive)
+            data_bytes = body if isinstance(body, bytes) else await body()
             if binary:
-                array = binary_array(body, parse_shape_header(_text(headers.get(b"x-shape"))))
+                array = binary_array(data_bytes, parse_shape_header(_text(headers.get(b"x-shape"))))
                 options = ActOptions(
                     header_flag(_text(headers.get(b"x-deterministic")), "X-Deterministic"),
                     header_seed(_text(headers.get(b"x-seed"))),
                     header_request_id(_text(headers.get(b"x-request-id"))),
                 )
                 return Decoded(array, options)
-            data = await decode(parse_msgpack_body if packed else parse_json_body, body)
+            data = await decode(parse_msgpack_body if packed else parse_json_body, data_bytes)
             return Decoded(data["observations"], options_from(data))
 
         try:
             reply = await serve(self.service, "binary" if binary or packed else "json", decoded, receive)
         except ClientGone:
-            return  # nobody to answer
+            return None
         if reply.status != 200:
-            body = dumps(reply.error_body())
-            extra = [*JSON_HEADERS, *((k.encode(), v.encode()) for k, v in (reply.headers or {}).items())]
-        elif binary:
-            body, extra = _binary_answer(reply)
-        elif packed:
+            extra = [(k.encode(), v.encode()) for k, v in (reply.headers or {}).items()]
+            return reply.status, [*JSON_HEADERS, *extra], dumps(reply.error_body())
+        if binary:
+            payload, extra = _binary_answer(reply)
+            return 200, extra, payload
+        if packed:
             answer = act_body(reply)
             answer["actions"] = answer["actions"].tolist()
-            body, extra = msgpack.packb(answer), [(b"content-type", b"application/msgpack")]
-        else:
-            body, extra = dumps(act_body(reply)), [*JSON_HEADERS]
-        # A Content-Length spares uvicorn the chunked encoding (two writes instead of one).
-        extra.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": reply.status, "headers": extra})
-        await send({"type": "http.response.body", "body": body})
+            return 200, [(b"content-type", b"application/msgpack")], msgpack.packb(answer)
+        return 200, JSON_HEADERS, dumps(act_body(reply))
 
     async def _read_body(self, headers: dict[bytes, bytes], receive) -> bytes:
         length = headers.get(b"content-length")

@@ -126,6 +126,7 @@ class Om2pApp:
         self.fastapi = create_fastapi(service, on_fatal)
         self.act = ActEndpoint(service)
         self._admitted = 0  # see shed()
+        self.direct_act = self.act.respond  # for server.protocols: /act without the ASGI request cycle
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":

@@ -5,9 +5,15 @@ the log gets one line, never a traceback:
   bounded with uvicorn's `h11_max_incomplete_event_size`, set to the same number);
 - a WebSocket text frame that is not UTF-8 gets a close 1007 with a reason naming the message.
 
-And one shortcut, for overload: when the app's `shed(path)` returns a response (the batcher's queue is full),
-it is written straight from the header callback, with no ASGI task, no body read and no parse (a refusal
-must cost far less than an answer, or refusing eats the capacity the accepted requests need).
+And two shortcuts past the ASGI request cycle (scope, cycle object, receive and send messages), which cost
+a third of the event loop's time per `/act` request:
+- overload: when the app's `shed(path)` returns a response (the batcher's queue is full), it is written
+  straight from the header callback, with no ASGI task, no body read and no parse (a refusal must cost far
+  less than an answer, or refusing eats the capacity the accepted requests need);
+- `POST /act` with a small Content-Length body on a keep-alive HTTP/1.1 connection goes to the app's
+  `direct_act(headers, body, receive)` (`ActEndpoint.respond`, the same code the ASGI route runs) and its
+  answer is written as one response. Anything else (chunked or large bodies, `Expect: 100-continue`,
+  pipelined requests, HTTP/1.0, an access log, uvicorn's concurrency limit) takes the ASGI path.
 
 All hook uvicorn's protocol classes (passed as `http=` and `ws=`); tests run them on a real server.
 """
@@ -18,10 +24,14 @@ import asyncio
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from server.limits import MAX_HEADER_BYTES
+from server.request_path import DisconnectHook
+
+DIRECT_MAX_BODY_BYTES = 64 << 10
+"""Larger `/act` bodies take the ASGI path, which streams them and decodes big ones in a thread."""
 
 
 class HeadersTooLarge(Exception):
@@ -44,6 +54,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refusal_pause is not None:
             self._refusal_pause.cancel()
+        cycle = self.cycle
+        if type(cycle) is _DirectCycle and not cycle.response_complete:
+            cycle.client_left()  # a waiting request drops its queued rows
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -67,16 +80,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        shed = getattr(self.app, "shed", None)
         if (
-            shed is not None
-            and self.parser.get_method() == b"POST"
+            self.parser.get_method() == b"POST"
             and (self.cycle is None or self.cycle.response_complete)  # not behind a pipelined request
             and not self.parser.should_upgrade()
         ):
-            response = shed(httptools.parse_url(self.url).path)
+            path = httptools.parse_url(self.url).path
+            shed = getattr(self.app, "shed", None)
+            response = None if shed is None else shed(path)
             if response is not None:
                 self._answer_without_body(response)
+                return
+            if path == b"/act" and self._direct_act_allowed():
+                self.cycle = _DirectCycle(self.parser.should_keep_alive())
                 return
         # The request cycle writes through a transport that sends the response head with the body's first
         # write: one send() and one wake-up of the client per response instead of two.
@@ -85,6 +101,66 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.transport = transport
+
+    def _direct_act_allowed(self) -> bool:
+        if (
+            getattr(self.app, "direct_act", None) is None
+            or self.access_log
+            or self.limit_concurrency is not None
+            or self.expect_100_continue
+            or self.parser.get_http_version() != "1.1"
+        ):
+            return False
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                return False
+        return length is not None and length.isdigit() and int(length) <= DIRECT_MAX_BODY_BYTES
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is _DirectCycle:
+            cycle.chunks.append(body)  # at most DIRECT_MAX_BODY_BYTES: the Content-Length said so
+            return
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if type(cycle) is _DirectCycle:
+            task = self.loop.create_task(self._answer_directly(cycle))
+            task.add_done_callback(self.tasks.discard)  # uvicorn's shutdown waits for these tasks
+            self.tasks.add(task)
+            return
+        super().on_message_complete()
+
+    async def _answer_directly(self, cycle: _DirectCycle) -> None:
+        try:
+            answer = await self.app.direct_act(dict(self.headers), b"".join(cycle.chunks), cycle)
+        except Exception:  # `respond` maps every failure to a status; this is the last line of defence
+            self.logger.exception("POST /act failed")
+            answer = (
+                500,
+                [(b"content-type", b"application/json")],
+                b'{"error":"internal error","field":null}',
+            )
+        cycle.response_complete = True
+        if answer is None or self.transport.is_closing():  # the client left
+            self.transport.close()
+            return
+        status, headers, body = answer
+        parts = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            parts += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body)
+        self.transport.write(b"".join(parts))
+        if cycle.keep_alive:
+            self.on_response_complete()  # keep-alive timer, resumed reading, a pipelined request
+        else:
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         self._coalescing.flush()  # nothing of a finished response may wait past it (e.g. a bodiless 204)
@@ -191,6 +267,23 @@ class _AnsweredCycle:
 
 
 _ANSWERED = _AnsweredCycle()
+
+
+class _DirectCycle(DisconnectHook):
+    """Stands in for uvicorn's request cycle of a `POST /act` answered directly: collects the body, carries
+    what uvicorn's connection handling reads and writes (`response_complete`, `keep_alive`, `disconnected`,
+    `message_event`), and is the request's `DisconnectHook`."""
+
+    __slots__ = ("chunks", "disconnected", "keep_alive", "response_complete")
+
+    message_event = _AnsweredCycle.message_event  # uvicorn sets it on a lost connection; nothing waits
+
+    def __init__(self, keep_alive: bool) -> None:
+        super().__init__()
+        self.chunks: list[bytes] = []
+        self.keep_alive = keep_alive
+        self.response_complete = False
+        self.disconnected = False
 
 
 class Utf8CheckingWebSocketProtocol(WebSocketsSansIOProtocol):

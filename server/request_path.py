@@ -56,14 +56,34 @@ class ClientGone(Exception):
     """The client disconnected before its answer: nobody to reply to."""
 
 
+class DisconnectHook:
+    """How a protocol that learns of a lost connection by callback (`server.protocols`) lets a long wait drop
+    the request's queued rows: while `serve` waits, `on_disconnect` holds the drop, and the protocol calls
+    `client_left()`. Where ASGI needs a task per request awaiting `receive()`, this is one attribute."""
+
+    __slots__ = ("on_disconnect",)
+
+    def __init__(self) -> None:
+        self.on_disconnect: Callable[[], None] | None = None
+
+    def client_left(self) -> None:
+        if self.on_disconnect is not None:
+            self.on_disconnect()
+
+
+Receive = Callable[[], Awaitable[dict]]
+"""An ASGI `receive`: its next message after the body can only be `http.disconnect`."""
+
+
 async def serve(
     service: PolicyService,
     protocol: str,
     decode: Callable[[], Awaitable[Decoded]] | Callable[[], Decoded],
-    receive: Callable[[], Awaitable[dict]] | None = None,
+    receive: Receive | DisconnectHook | None = None,
 ) -> Reply:
     """Run one request; `decode()` (sync or async) reads and parses the protocol's input and raises
-    `InvalidRequest` naming the field; `receive` (ASGI) lets a long wait notice a disconnect. Raises
+    `InvalidRequest` naming the field; `receive` (ASGI, or a `DisconnectHook`) lets a long wait notice a
+    disconnect. Raises
     `ClientGone` when the client left (counted as cancelled), never anything else."""
     started = time.perf_counter()
     service.inflight += 1
@@ -138,7 +158,7 @@ def early_refusal(service: PolicyService, admitted: int) -> bytes | None:
 
 
 async def _await_watching(
-    batcher: DynamicBatcher | None, pending: PendingRequest, receive: Callable[[], Awaitable[dict]] | None
+    batcher: DynamicBatcher | None, pending: PendingRequest, receive: Receive | DisconnectHook | None
 ) -> tuple:
     """Await the batcher's answer; if the client disconnects first, its rows are dropped before compute
     (Triton PR 8982)."""
@@ -149,6 +169,12 @@ async def _await_watching(
         except asyncio.CancelledError:
             pending.cancel()
             raise
+    if isinstance(receive, DisconnectHook):
+        receive.on_disconnect = pending.cancel
+        try:
+            return await pending.future
+        finally:
+            receive.on_disconnect = None
     watcher = asyncio.ensure_future(receive())
     watcher.add_done_callback(lambda _: pending.cancel())
     try:
