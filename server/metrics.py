@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -41,16 +42,38 @@ def multiprocess_dir() -> str | None:
 class _DeferredHistogram:
     """A histogram child whose `observe` only appends to a list (a C call): prometheus_client's own observe
     takes a lock and scans the buckets, microseconds on every request. `flush()` (at scrape time, and a few
-    times a second) observes the values. Event loop thread only."""
+    times a second) adds the values to the buckets in bulk: one numpy pass and one increment per touched
+    bucket, where observing them one by one cost the event loop 5% of its time at 15k requests/s. Event
+    loop thread only."""
 
     def __init__(self, child) -> None:
         self._child, self._values = child, []
         self.observe = self._values.append
+        # prometheus_client's histogram child: `_upper_bounds` (ending in +Inf), a value per bucket and the
+        # sum. Where a version lays it out otherwise, every value goes through `observe` as before.
+        buckets, total = getattr(child, "_buckets", None), getattr(child, "_sum", None)
+        bounds = getattr(child, "_upper_bounds", None)
+        bulk = (
+            buckets is not None and total is not None and bounds is not None and len(bounds) == len(buckets)
+        )
+        self._bulk = (np.asarray(bounds, dtype=np.float64), buckets, total) if bulk else None
 
     def flush(self) -> None:
-        observe, values = self._child.observe, self._values
-        for value in values:
-            observe(value)
+        values = self._values
+        if not values:
+            return
+        if self._bulk is None:
+            for value in values:
+                self._child.observe(value)
+        else:
+            bounds, buckets, total = self._bulk
+            samples = np.asarray(values, dtype=np.float64)
+            # observe() counts a value in the first bucket whose bound is >= it: searchsorted's "left" side.
+            counts = np.bincount(np.searchsorted(bounds, samples, side="left"), minlength=len(bounds) + 1)
+            for bucket, count in zip(buckets, counts[: len(bounds)].tolist(), strict=True):
+                if count:
+                    bucket.inc(count)
+            total.inc(float(samples.sum()))
         values.clear()
 
 
