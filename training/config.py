@@ -224,7 +224,7 @@ class TrainConfig:
     tau: float = _doc(0.005, "Polyak rate of the target critics")
     q_aggregate: str = _doc("mean", "TD target over the two target Qs: mean or min (matd3bc, omar: min)")
     alpha: float = _doc(
-        1.0,
+        10.0,
         "normalised Q-loss weight: L_MF + alpha L_Q (tuned: docs/results.md); flow, diffusion: L_BC + alpha L_Q",
     )
     bf16_autocast: bool = _doc(

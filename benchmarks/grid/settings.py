@@ -141,6 +141,10 @@ FULL_COMMON = (
     "batch_size=128",
     "bf16_autocast=false",
     "compile_update=true",  # om2p: about 1.3x the eager step here (docs/training.md); a machine field, not hashed
+    # The Q weight of the algorithms that are not tuned on it (bc, bc_mse, matd3bc, omar do not read it) stays
+    # at the value their records were made with, so that `om2p train`'s default can follow the tuning
+    # without retraining them; om2p, flow and diffusion set it per candidate.
+    "alpha=1",
 )
 
 # One candidate grid per weighted algorithm, five candidates each: the same tuning budget for every one.
