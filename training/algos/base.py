@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from training.acceleration import maybe_compile
 from training.config import TrainConfig
 from training.envs.spec import EnvSpec
 from training.networks import agent_major
@@ -56,6 +58,18 @@ class Algorithm(nn.Module, ABC):
         super().__init__()
         self.spec, self.config = spec, config
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
+        self._losses: tuple[Callable, Callable] | None = None
+
+    def losses(self, device: torch.device) -> tuple[Callable, Callable]:
+        """`(critic_loss, actor_loss)` of an algorithm that defines both, compiled on the CPU when
+        `compile_update` is set (on CUDA the trainer replays the whole step as a CUDA graph instead)."""
+        if self._losses is None:
+            enabled = self.config.compile_update and device.type == "cpu"
+            self._losses = (
+                maybe_compile(self.critic_loss, enabled, "critic_loss"),  # type: ignore[attr-defined]
+                maybe_compile(self.actor_loss, enabled, "actor_loss"),  # type: ignore[attr-defined]
+            )
+        return self._losses
 
     @classmethod
     @abstractmethod

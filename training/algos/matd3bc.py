@@ -15,12 +15,11 @@ The TD3 settings and alpha are the config's `matd3bc` section (`--set matd3bc.al
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from training.acceleration import maybe_compile
 from training.algos.base import AgentBatch, Algorithm, Batch
 from training.algos.critics import AgentCritics, critic_loss, normalised_q_loss, polyak_update, td_target
 from training.config import TD3Config, TrainConfig
@@ -99,7 +98,6 @@ class MATD3BC(Algorithm):
         # saved through the module's extra state so that --resume keeps the same schedule.
         self._updates = 0
         self._actor_info: dict[str, torch.Tensor] = {}
-        self._losses: tuple[Callable, Callable] | None = None
 
     @classmethod
     def build_policy(
@@ -186,18 +184,6 @@ class MATD3BC(Algorithm):
             **{k: v.detach() for k, v in regularisers.items()},
         }
         return loss, info
-
-    def losses(self, device: torch.device) -> tuple[Callable, Callable]:
-        """`(critic_loss, actor_loss)`, compiled on the CPU when `compile_update` is set: inductor fuses the
-        LayerNorm, GELU and elementwise work that dominates these small critics (OMAR's CQL and search
-        evaluate them on ten times the batch)."""
-        if self._losses is None:
-            enabled = self.config.compile_update and device.type == "cpu"
-            self._losses = (
-                maybe_compile(self.critic_loss, enabled, "critic_loss"),
-                maybe_compile(self.actor_loss, enabled, "actor_loss"),
-            )
-        return self._losses
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         optimizers = self.optimizers()

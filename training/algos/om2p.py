@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from training.acceleration import bf16_autocast, maybe_compile, native_bf16
+from training.acceleration import bf16_autocast, native_bf16
 from training.algos.base import AgentBatch, Algorithm, Batch
 from training.algos.critics import AgentCritics, critic_loss, normalised_q_loss, polyak_update, td_target
 from training.algos.timesteps import sample_timesteps
@@ -273,7 +273,6 @@ class OM2P(Algorithm):
         self.policy = self.build_policy(spec, config, obs_mean, obs_std)
         self.critics = AgentCritics.for_config(spec, config)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
-        self._losses: tuple[Callable, Callable] | None = None
 
     @classmethod
     def build_policy(
@@ -374,17 +373,6 @@ class OM2P(Algorithm):
             info["q/policy"] = q_policy.detach().mean()
         info["loss/actor"] = loss.detach()
         return loss, info
-
-    def losses(self, device: torch.device) -> tuple[Callable, Callable]:
-        """`(critic_loss, actor_loss)`, compiled on the CPU when `compile_update` is set (on CUDA the trainer
-        replays the whole step as a CUDA graph instead)."""
-        if self._losses is None:
-            enabled = self.config.compile_update and device.type == "cpu"
-            self._losses = (
-                maybe_compile(self.critic_loss, enabled, "critic_loss"),
-                maybe_compile(self.actor_loss, enabled, "actor_loss"),
-            )
-        return self._losses
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         optimizers = self.optimizers()
