@@ -9,6 +9,8 @@ Policy (one dispatcher task, one compute thread):
   with `max_delay_s = 0` it closes as soon as the compute thread is free, so requests that arrive while a
   batch computes form the next one (continuous batching: no added latency at low load);
 - a full queue rejects at once (`QueueFull`, the web layer answers 503 + Retry-After);
+- a batch it cannot fill first lets clients held back after a refusal send the missing rows (`refill`,
+  see `server.held`): past saturation the batches stay full;
 - a request past its deadline is failed with `DeadlineExceeded` without being computed (504);
 - a cancelled request (its client went away) is dropped before compute.
 The forward pass runs in a worker thread, so the event loop keeps accepting requests meanwhile.
@@ -166,6 +168,7 @@ class DynamicBatcher:
         clock: Clock | None = None,
         compute_thread: ComputeThread | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
+        refill: Callable[[int], int] | None = None,
         seed: int | None = None,
     ) -> None:
         if max_batch_rows < 1 or max_queue_rows < max_batch_rows or max_delay_s < 0:
@@ -183,6 +186,10 @@ class DynamicBatcher:
         self._own_thread = compute_thread is None
         self.compute_thread = compute_thread or ComputeThread()
         self.on_batch = on_batch
+        # Before a batch it cannot fill: `refill(missing rows)` lets that many waiting clients send (see
+        # server.held), and the batch then waits up to `refill_rounds` rounds of the event loop for them.
+        self.refill = refill
+        self.refill_rounds = 2
         self._rng = np.random.default_rng(seed)  # used only in the compute thread
         self._queue: deque[PendingRequest] = deque()
         self.queued_rows = 0
@@ -340,6 +347,8 @@ class DynamicBatcher:
         while True:
             if not self._queue:
                 self._arrival.clear()
+                if self.refill is not None:  # idle: clients held after a refusal may send now
+                    self.refill(self.max_batch_rows)
                 await self._arrival.wait()
                 continue
             now = self.clock.now()
@@ -355,6 +364,9 @@ class DynamicBatcher:
                     self._arrival.clear()
                     await self.clock.wait(self._arrival, close_at - now)
                     continue
+            if self.queued_rows < self.max_batch_rows and self._released_for_batch():
+                await self._wait_for_released()
+                now = self.clock.now()
             batch = self._take_batch(now)
             if not batch:
                 continue
@@ -363,6 +375,19 @@ class DynamicBatcher:
                 await self._run_batch(loop, batch)
             finally:
                 self._idle.set()
+
+    def _released_for_batch(self) -> bool:
+        """Whether `refill` let clients send for the rows this batch is missing."""
+        missing = self.max_batch_rows - self.queued_rows
+        return self.refill is not None and not self._flushing and self.refill(missing) > 0
+
+    async def _wait_for_released(self) -> None:
+        """Up to `refill_rounds` rounds of the event loop: one to read and parse the released requests,
+        one for their tasks to queue them."""
+        for _ in range(self.refill_rounds):
+            await asyncio.sleep(0)
+            if self.queued_rows >= self.max_batch_rows:
+                return
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[PendingRequest]) -> None:
         rows = sum(pending.rows for pending in batch)

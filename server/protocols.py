@@ -27,6 +27,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from server.held import HeldConnections
 from server.limits import MAX_HEADER_BYTES
 from server.request_path import DisconnectHook
 
@@ -54,6 +55,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refusal_pause is not None:
             self._refusal_pause.cancel()
+            self._held().forget(self)
         cycle = self.cycle
         if type(cycle) is _DirectCycle and not cycle.response_complete:
             cycle.client_left()  # a waiting request drops its queued rows
@@ -183,17 +185,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         longer wait; what waits is a client that sends again straight away. Without the pause a few hundred
         such connections make every round of the event loop a round of refusals, and the batcher, which
         moves one batch per round, starves (wrk over 256 connections at a queue of 8 rows: 7% of the
-        capacity got through)."""
+        capacity got through). The pause ends early, oldest connection first, when the batcher has room
+        it cannot fill otherwise (`server.held`)."""
         pause_s = getattr(self.app, "refused_read_pause_s", 0.0)
         if pause_s <= 0 or self._refusal_pause is not None or self.flow.read_paused:
             return
         self.flow.pause_reading()
-        self._refusal_pause = self.loop.call_later(pause_s, self._resume_after_refusal)
+        self._refusal_pause = self.loop.call_later(pause_s, self._pause_over)
+        self._held().hold(self)
 
-    def _resume_after_refusal(self) -> None:
-        self._refusal_pause = None
-        if not self.transport.is_closing():
-            self.flow.resume_reading()
+    def _held(self) -> HeldConnections:
+        return self.app.service.held
+
+    def _pause_over(self) -> None:
+        self._held().forget(self)
+        self.resume_after_refusal()
+
+    def resume_after_refusal(self) -> bool:
+        """Read this connection again (the pause is over, or the batcher has room); False when it was
+        not paused or has closed."""
+        pause, self._refusal_pause = self._refusal_pause, None
+        if pause is None:
+            return False
+        pause.cancel()
+        if self.transport.is_closing():
+            return False
+        self.flow.resume_reading()
+        return True
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

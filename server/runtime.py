@@ -78,7 +78,12 @@ class ModelRuntime:
                 self.backend.run(obs, noise)
         self.warmup_s = time.perf_counter() - started
 
-    def start_batcher(self, settings: ServerSettings, on_batch: Callable[[BatchStats], None]) -> None:
+    def start_batcher(
+        self,
+        settings: ServerSettings,
+        on_batch: Callable[[BatchStats], None],
+        refill: Callable[[int], int] | None = None,
+    ) -> None:
         self.batcher = DynamicBatcher(
             self.backend.run,
             (self.spec.n_agents, self.spec.act_dim),
@@ -86,6 +91,7 @@ class ModelRuntime:
             max_delay_s=settings.max_delay_us * 1e-6,
             max_queue_rows=max(settings.max_queue_rows, settings.max_batch_rows),
             on_batch=on_batch,
+            refill=refill,
         )
 
     async def close(self) -> None:

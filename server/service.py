@@ -14,6 +14,7 @@ import numpy as np
 
 from export.manifest import resolve_version_dir
 from server.batcher import ZERO_NOISE, BatcherClosed, BatchStats, QueueFull, Timing
+from server.held import HeldConnections
 from server.metrics import ServerMetrics
 from server.runtime import ModelRuntime
 from server.settings import ServerSettings
@@ -50,6 +51,7 @@ class PolicyService:
         self._failed_versions: set[Path] = set()
         self._watch_task: asyncio.Task | None = None
         self._gauge_task: asyncio.Task | None = None
+        self.held = HeldConnections()  # refused connections not read yet (server.protocols pauses them)
         self.stats: dict[tuple[str, int], ModelStats] = {}  # (name, version) -> Triton-style statistics
         metrics = self.metrics
         metrics.queue_capacity.set(max(settings.max_queue_rows, settings.max_batch_rows))
@@ -102,7 +104,7 @@ class PolicyService:
             stats.execution_count += 1
             self._on_batch(batch)
 
-        runtime.start_batcher(self.settings, on_batch)
+        runtime.start_batcher(self.settings, on_batch, refill=self.held.release)
         self.runtime = runtime
         spec = runtime.spec
         self.metrics.set_model(

@@ -262,3 +262,28 @@ def test_run_now_computes_in_the_loop_only_when_nothing_could_batch_with_it():
 
     backend, inline_thread = asyncio.run(scenario())
     assert inline_thread in backend.threads and len(backend.threads) == 2  # the loop's and the compute thread
+
+
+def test_a_batch_it_cannot_fill_lets_held_clients_send_first():
+    """Past saturation (server.held): before a partial batch the batcher asks for the missing rows, and
+    clients released then (here: sending within one round of the event loop) join that batch."""
+
+    async def scenario(held: int) -> list[int]:
+        backend, asked = RecordingBackend(), []
+        batcher: DynamicBatcher
+
+        def refill(rows: int) -> int:
+            released = min(rows, held - sum(asked))
+            asked.append(released)
+            for index in range(released):  # each released client sends in the next round
+                asyncio.get_running_loop().call_soon(batcher.submit, observations(1, 10 + index), ZERO_NOISE)
+            return released
+
+        batcher = make(backend, max_batch_rows=4, refill=refill)
+        await batcher.submit(observations(1, 0), ZERO_NOISE).future
+        await settle()
+        await batcher.close()
+        return [len(batch) for batch in backend.batches]
+
+    assert asyncio.run(scenario(held=3)) == [4]  # one request plus the three it let in
+    assert asyncio.run(scenario(held=0)) == [1]  # nobody held: no wait, a batch of one at once

@@ -153,3 +153,24 @@ def test_a_refused_connection_is_not_read_again_for_the_pause(slow_model):
         assert max(next_s for _, next_s in pairs) >= 0.35, pairs
     finally:
         server.stop()
+
+
+def test_a_held_connection_is_read_again_when_the_batcher_has_room_before_its_pause_ends(slow_model):
+    # A pause far longer than the test: only a release by the batcher (server.held) lets a refused
+    # connection's next request through in time. Batches of 4 rows leave room that held clients can fill.
+    server = ServerProcess(
+        slow_model, max_batch_rows=4, max_queue_rows=4, request_timeout_ms=20000, refused_read_pause_ms=10_000
+    )
+    try:
+        server.start()
+        done = asyncio.Event()
+        done.set()
+        answers = asyncio.run(flood(server.url, 2.0, done))
+        statuses = {status for status, _, _ in answers}
+        assert statuses == {200, 503}, statuses
+        # Each of the 32 clients sends again at once after a 503, on the same connection: without the
+        # release its next request would wait out the 10 s pause.
+        assert max(latency for _, latency, _ in answers) < 5.0
+        assert len(answers) > 2 * CLIENTS
+    finally:
+        server.stop()
