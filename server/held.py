@@ -4,10 +4,11 @@ A client refused for a full queue that sends again at once (one that ignores Ret
 generators and naive retry loops do) is not read again straight away: `server.protocols` pauses reading
 its connection for `refused_read_pause_ms`, so that a few hundred such clients cannot turn every round of
 the event loop into a round of refusals. The pause ends early when the batcher is about to start a batch
-it could not fill: it asks for that many rows here (`release`), and the oldest held connections are read
-again, in time for the batch (`DynamicBatcher.refill_rounds`). Without that, past saturation the queue
-refills only from new connections while its held requests wait out the pause: half-empty batches, about
-70% of the capacity accepted at 4x it in `benchmarks/overload.py`, against 80% with it.
+it could not fill (it asks for the missing rows here, `release`, and waits up to
+`DynamicBatcher.refill_rounds` rounds of the loop for them) or goes idle (a batch's worth). Without that,
+past saturation the queue refilled only from connections that were not held while the held requests waited
+out the pause: half-empty batches and 67-70% of the capacity accepted at 4x it in `benchmarks/overload.py`,
+against 84-91% with the release (docs/benchmarks.md).
 """
 
 from __future__ import annotations
