@@ -65,10 +65,11 @@ def _train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
     )
-    from training.envs import ENV_NAMES
+    from training.envs import TRAINABLE_ENV_NAMES
 
-    if config.env not in ENV_NAMES:
-        raise ValueError(f"--env {config.env!r}: unknown environment; choose one of {', '.join(ENV_NAMES)}")
+    if config.env not in TRAINABLE_ENV_NAMES:
+        choices = ", ".join(TRAINABLE_ENV_NAMES)
+        raise ValueError(f"--env {config.env!r}: unknown environment; choose one of {choices}")
     from training.algos import get_algorithm
 
     get_algorithm(config.algo)

@@ -222,6 +222,10 @@ class TrainConfig:
     critic_lr: float = _doc(1e-3, "Adam learning rate of the critics (the paper: 3e-4 at 4x512)")
     gamma: float = _doc(0.99, "discount factor of the TD target")
     tau: float = _doc(0.005, "Polyak rate of the target critics")
+    reward_scale: float = _doc(
+        1.0,
+        "the dataset's rewards times this in the TD target (Q's scale; raw-Q softmaxes such as OMAR's see it)",
+    )
     q_aggregate: str = _doc("mean", "TD target over the two target Qs: mean or min (matd3bc, omar: min)")
     alpha: float = _doc(
         10.0,
@@ -309,6 +313,8 @@ class TrainConfig:
             raise ValueError(f"config field 'equal_time_ratio': {self.equal_time_ratio} must lie in [0, 1]")
         if not 0.0 <= self.tau <= 1.0 or not 0.0 <= self.gamma <= 1.0:
             raise ValueError("config fields 'tau' and 'gamma' must lie in [0, 1]")
+        if not self.reward_scale > 0.0:
+            raise ValueError(f"config field 'reward_scale': {self.reward_scale} must be positive")
         if not self.actor_hidden or not self.critic_hidden:
             raise ValueError("config fields 'actor_hidden' and 'critic_hidden' need at least one layer")
         for section in SECTION_NAMES.values():

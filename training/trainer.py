@@ -119,15 +119,16 @@ def dataset_metadata(dataset: Any) -> dict[str, Any]:
 
 
 class ReplayTensors:
-    """The whole dataset on the training device; batches are uniform index draws from the torch RNG."""
+    """The whole dataset on the training device; batches are uniform index draws from the torch RNG.
+    Rewards are stored times `reward_scale`."""
 
-    def __init__(self, dataset: Any, device: torch.device) -> None:
+    def __init__(self, dataset: Any, device: torch.device, reward_scale: float = 1.0) -> None:
         def tensor(name: str) -> torch.Tensor:
             return torch.as_tensor(np.asarray(getattr(dataset, name), dtype=np.float32), device=device)
 
         self.observations = tensor("observations")
         self.actions = tensor("actions")
-        self.rewards = tensor("rewards")
+        self.rewards = tensor("rewards") * reward_scale
         self.next_observations = tensor("next_observations")
         self.dones = tensor("dones")
         self.size = int(self.observations.shape[0])
@@ -374,7 +375,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
-    replay = ReplayTensors(dataset, device)
+    replay = ReplayTensors(dataset, device, config.reward_scale)
 
     def training_step() -> dict[str, torch.Tensor]:
         return algorithm.update(replay.sample(config.batch_size))

@@ -31,6 +31,7 @@ MACHINE_FIELDS = (
 # is what is compared, never the current default, so changing a default still invalidates the runs it changes.
 ADDED_FIELDS: dict[str, Any] = {
     "mean_flow_output": "velocity",  # issue 20: the mean-flow actor's MLP had always been the velocity
+    "reward_scale": 1.0,  # rewards had always entered the TD target unscaled
 }
 
 

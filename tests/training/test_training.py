@@ -257,3 +257,16 @@ def test_resume_accepts_a_checkpoint_with_the_flat_baseline_fields_of_older_vers
     (read_info(tmp_path / "run").path / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"flow\.steps: 7 -> 2"):
         train(config.replace(steps=6), tmp_path / "run", dataset=dataset, resume=True, progress=False)
+
+
+def test_reward_scale_multiplies_the_rewards_the_critics_learn_from(make_dataset):
+    from training.config import TrainConfig
+    from training.trainer import ReplayTensors
+
+    dataset = make_dataset()
+    plain = ReplayTensors(dataset, torch.device("cpu"))
+    scaled = ReplayTensors(dataset, torch.device("cpu"), reward_scale=10.0)
+    torch.testing.assert_close(scaled.rewards, plain.rewards * 10.0)
+    torch.testing.assert_close(scaled.observations, plain.observations)
+    with pytest.raises(ValueError, match="reward_scale"):
+        TrainConfig(reward_scale=0.0)

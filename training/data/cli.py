@@ -151,6 +151,17 @@ def _import_omar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _force2d(args: argparse.Namespace) -> int:
+    from training.data.describe import describe, format_summary
+    from training.data.force2d import SOURCE_ENV, to_force_actions
+    from training.data.format import load_dataset, save_dataset
+
+    dataset = to_force_actions(load_dataset(args.dataset, env=SOURCE_ENV), args.dataset)
+    path = save_dataset(args.out, dataset)
+    print(format_summary(describe(dataset, path)))
+    return 0
+
+
 def _references(args: argparse.Namespace) -> int:
     from training.data.references import measure_references, write_references
     from training.envs import ENV_NAMES
@@ -328,3 +339,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--reference-episodes", dest="reference_episodes", type=int, help="episodes behind each reference"
     )
     p.set_defaults(handler=_import_omar)
+
+    p = sub.add_parser(
+        "force2d",
+        help="a cooperative_navigation dataset with 2-D force actions (env cooperative_navigation_force2d)",
+        description="Rewrite a cooperative_navigation dataset's actions as the 2-D forces they apply (the "
+        "original particle environments' action space, which the MADDPG and OMAR code use); observations, "
+        "rewards and references are unchanged.",
+    )
+    p.add_argument("--dataset", required=True, help="cooperative_navigation dataset .npz")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.set_defaults(handler=_force2d)

@@ -22,6 +22,18 @@ def _cooperative_navigation(opponent: OpponentPolicy | None = None) -> MultiAgen
     return MPEEnv("cooperative_navigation", make, ("agent_0", "agent_1", "agent_2"))
 
 
+def _cooperative_navigation_force2d(opponent: OpponentPolicy | None = None) -> MultiAgentEnv:
+    from functools import partial
+
+    from mpe2 import simple_spread_v3
+
+    from training.envs.mpe import MPEEnv
+
+    make = partial(simple_spread_v3.parallel_env, N=3)
+    agents = ("agent_0", "agent_1", "agent_2")
+    return MPEEnv("cooperative_navigation_force2d", make, agents, force_actions=True)
+
+
 def _predator_prey(opponent: OpponentPolicy | None = None) -> MultiAgentEnv:
     from functools import partial
 
@@ -62,13 +74,23 @@ ENVIRONMENTS: dict[str, Callable[..., MultiAgentEnv]] = {
 }
 ENV_NAMES: tuple[str, ...] = tuple(ENVIRONMENTS)
 
+VARIANTS: dict[str, Callable[..., MultiAgentEnv]] = {
+    # cooperative_navigation with the original particle environments' 2-D force actions (the MADDPG and
+    # OMAR code's action space): the same dynamics, rewards and observations. Not a benchmark of the grid:
+    # for diagnostics of methods tuned on 2-D actions (docs/results.md, OMAR); datasets come from the
+    # benchmark's by `om2p data force2d`.
+    "cooperative_navigation_force2d": _cooperative_navigation_force2d,
+}
+TRAINABLE_ENV_NAMES: tuple[str, ...] = (*ENV_NAMES, *VARIANTS)
+"""What `om2p train` and `om2p eval` accept: the benchmarks and their variants."""
+
 
 def make_env(name: str, opponent: OpponentPolicy | None = None) -> MultiAgentEnv:
-    """Build a benchmark by name; `opponent` replaces the default fixed policy of the non-learners."""
-    try:
-        factory = ENVIRONMENTS[name]
-    except KeyError:
-        raise ValueError(f"unknown environment {name!r}; choose one of {', '.join(ENV_NAMES)}") from None
+    """Build a benchmark (or a variant) by name; `opponent` replaces the default fixed policy of the non-learners."""
+    factory = ENVIRONMENTS.get(name) or VARIANTS.get(name)
+    if factory is None:
+        choices = ", ".join(TRAINABLE_ENV_NAMES)
+        raise ValueError(f"unknown environment {name!r}; choose one of {choices}")
     return factory(opponent)
 
 
