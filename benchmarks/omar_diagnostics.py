@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stored = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
     done = {(r["variant"], r["seed"]) for r in stored}
+    failed: list[tuple[str, int]] = []
     if not args.report_only:
         from tqdm import tqdm
 
@@ -236,17 +237,23 @@ def main(argv: list[str] | None = None) -> int:
             ThreadPoolExecutor(max_workers=args.jobs) as pool,
             tqdm(total=len(todo), unit="run", desc="omar diagnostics", file=sys.stderr) as bar,
         ):
-            for future in as_completed([pool.submit(run_variant, v, s, args.runs) for v, s in todo]):
-                stored.append(future.result())
-                write(args.json, stored)  # after every run: a cut-off session keeps what finished
+            futures = {pool.submit(run_variant, v, s, args.runs): (v.name, s) for v, s in todo}
+            for future in as_completed(futures):
                 bar.update()
+                try:
+                    stored.append(future.result())
+                except subprocess.CalledProcessError as error:
+                    failed.append(futures[future])
+                    print(f"{futures[future]}: om2p train exited with {error.returncode}", file=sys.stderr)
+                    continue
+                write(args.json, stored)  # after every run: a cut-off session keeps what finished
     references = grid_references(args.records)
     rows = summary(stored, references)
     write(args.json, stored, rows)
     plot(stored, references, args.plot)
     print(markdown(rows))
     print(f"wrote {args.json} and {args.plot}")
-    return 0
+    return 1 if failed else 0
 
 
 def write(path: Path, runs: list[dict[str, Any]], rows: list[dict[str, Any]] | None = None) -> None:
