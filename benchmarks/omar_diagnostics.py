@@ -99,36 +99,26 @@ def final_step(variant: Variant) -> int:
 
 
 def ensure_force_dataset() -> None:
+    """The 2-D force copy of the grid's dataset (`om2p data force2d`), made once before any run needs it."""
     if FORCE_DATASET.is_file():
         return
     if not DATASET.is_file():
         raise SystemExit(f"{DATASET}: missing; `python -m benchmarks.grid --cells {ENV}:expert` collects it")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "om2p.cli",
-            "data",
-            "force2d",
-            "--dataset",
-            str(DATASET),
-            "--out",
-            str(FORCE_DATASET),
-        ],
-        check=True,
-    )
+    from training.data.force2d import SOURCE_ENV, to_force_actions
+    from training.data.format import load_dataset, save_dataset
+
+    save_dataset(FORCE_DATASET, to_force_actions(load_dataset(DATASET, env=SOURCE_ENV), DATASET))
 
 
 def run_variant(variant: Variant, seed: int, runs: Path) -> dict[str, Any]:
     """Train (or resume, or reuse a finished run directory) and return the run's record."""
     out = runs / variant.name.replace(" ", "_") / f"seed_{seed}"
     command = train_command(variant, seed, out)
-    if not read_curve(out) or read_curve(out)[-1][0] < final_step(variant):
-        if variant.force2d:
-            ensure_force_dataset()
+    curve = read_curve(out)
+    if not curve or curve[-1][0] < final_step(variant):
         resume = ["--resume"] if (out / "checkpoints").is_dir() else []
         subprocess.run([*command, *resume], check=True, stdout=subprocess.DEVNULL)
-    curve = read_curve(out)
+        curve = read_curve(out)
     record = {"variant": variant.name, "seed": seed, "curve": curve}
     record["score"] = validation_score(record)
     record["command"] = shlex.join(["python", *command[1:]])
@@ -233,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [v for v in VARIANTS if not args.variants or v.name in args.variants]
         # Every variant's first seed before any second seed: a cut-off session leaves the widest evidence.
         todo = [(v, s) for s in args.seeds for v in wanted if (v.name, s) not in done]
+        if any(v.force2d for v, _ in todo):
+            ensure_force_dataset()  # here, not in the workers: two force2d runs must not both write it
         with (
             ThreadPoolExecutor(max_workers=args.jobs) as pool,
             tqdm(total=len(todo), unit="run", desc="omar diagnostics", file=sys.stderr) as bar,

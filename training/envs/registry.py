@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 
 from training.envs.base import MultiAgentEnv
 from training.envs.opponents import FleeingPrey, ForagingEvaders, OpponentPolicy
 from training.envs.spec import EnvSpec
 
 
-def _cooperative_navigation(opponent: OpponentPolicy | None = None) -> MultiAgentEnv:
-    from functools import partial
-
+def _cooperative_navigation(
+    opponent: OpponentPolicy | None = None, force_actions: bool = False
+) -> MultiAgentEnv:
     from mpe2 import simple_spread_v3
 
     from training.envs.mpe import MPEEnv
 
     # 3 agents, 3 landmarks: the benchmark (the reference code's default of 4 is a known pitfall).
     make = partial(simple_spread_v3.parallel_env, N=3)
-    return MPEEnv("cooperative_navigation", make, ("agent_0", "agent_1", "agent_2"))
-
-
-def _cooperative_navigation_force2d(opponent: OpponentPolicy | None = None) -> MultiAgentEnv:
-    from functools import partial
-
-    from mpe2 import simple_spread_v3
-
-    from training.envs.mpe import MPEEnv
-
-    make = partial(simple_spread_v3.parallel_env, N=3)
-    agents = ("agent_0", "agent_1", "agent_2")
-    return MPEEnv("cooperative_navigation_force2d", make, agents, force_actions=True)
+    name = "cooperative_navigation_force2d" if force_actions else "cooperative_navigation"
+    return MPEEnv(name, make, ("agent_0", "agent_1", "agent_2"), force_actions=force_actions)
 
 
 def _predator_prey(opponent: OpponentPolicy | None = None) -> MultiAgentEnv:
-    from functools import partial
-
     from mpe2 import simple_tag_v3
 
     from training.envs.mpe import MPEEnv
@@ -47,8 +34,6 @@ def _predator_prey(opponent: OpponentPolicy | None = None) -> MultiAgentEnv:
 
 
 def _world(opponent: OpponentPolicy | None = None) -> MultiAgentEnv:
-    from functools import partial
-
     from mpe2 import simple_world_comm_v3
 
     from training.envs.mpe import MPEEnv
@@ -79,7 +64,7 @@ VARIANTS: dict[str, Callable[..., MultiAgentEnv]] = {
     # OMAR code's action space): the same dynamics, rewards and observations. Not a benchmark of the grid:
     # for diagnostics of methods tuned on 2-D actions (docs/results.md, OMAR); datasets come from the
     # benchmark's by `om2p data force2d`.
-    "cooperative_navigation_force2d": _cooperative_navigation_force2d,
+    "cooperative_navigation_force2d": partial(_cooperative_navigation, force_actions=True),
 }
 TRAINABLE_ENV_NAMES: tuple[str, ...] = (*ENV_NAMES, *VARIANTS)
 """What `om2p train` and `om2p eval` accept: the benchmarks and their variants."""
