@@ -149,11 +149,25 @@ FULL_COMMON = (
 
 # One candidate grid per weighted algorithm, five candidates each: the same tuning budget for every one.
 WEIGHT_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
+MATD3BC_GRID = (0.5, 1.0, 2.5, 5.0, 10.0)  # TD3+BC's published 2.5 in the middle
 FULL_CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
     "om2p": grid_of("alpha", WEIGHT_GRID),
     "flow": grid_of("alpha", WEIGHT_GRID),
     "diffusion": grid_of("alpha", WEIGHT_GRID),
-    "matd3bc": grid_of("matd3bc.alpha", (0.5, 1.0, 2.5, 5.0, 10.0)),  # TD3+BC's published 2.5 in the middle
+    "matd3bc": grid_of("matd3bc.alpha", MATD3BC_GRID),
+}
+
+# Datasets where a tuned weight came out as the largest candidate, so the optimum may lie beyond the grid:
+# every weighted algorithm's grid there gains the same two larger candidates (the same tuning budget again).
+WIDENED_CELLS: tuple[Cell, ...] = (
+    ("cooperative_navigation", "medium"),
+    ("cooperative_navigation", "medium-replay"),
+)
+WIDENED_CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "om2p": grid_of("alpha", (*WEIGHT_GRID, 300.0, 1000.0)),
+    "flow": grid_of("alpha", (*WEIGHT_GRID, 300.0, 1000.0)),
+    "diffusion": grid_of("alpha", (*WEIGHT_GRID, 300.0, 1000.0)),
+    "matd3bc": grid_of("matd3bc.alpha", (*MATD3BC_GRID, 20.0, 50.0)),
 }
 
 
@@ -180,8 +194,12 @@ def omar_candidates(env: str, quality: str) -> dict[str, tuple[str, ...]]:
 
 
 def full_cell_candidates(cells: tuple[Cell, ...]) -> dict[Cell, dict[str, dict[str, tuple[str, ...]]]]:
-    """OMAR's candidates centre on the published pair of each dataset."""
-    return {cell: {"omar": omar_candidates(*cell)} for cell in cells}
+    """OMAR's candidates centre on the published pair of each dataset; the widened datasets take the longer
+    weight grids."""
+    return {
+        cell: {"omar": omar_candidates(*cell), **(WIDENED_CANDIDATES if cell in WIDENED_CELLS else {})}
+        for cell in cells
+    }
 
 
 def full_grid() -> GridSettings:
