@@ -210,9 +210,9 @@ def render(settings: GridSettings, results: dict[str, Any], images: dict[str, Pa
 def tuning_intro(settings: GridSettings) -> str:
     return (
         "Every algorithm with a weight is tuned over its own candidates (the same number each), on the "
-        f"validation episodes, over {len(settings.protocol.tuning_seeds)} tuning seed(s); where a chosen weight "
-        "was the largest candidate, every weight grid of that dataset gains the same two larger candidates "
-        "(`WIDENED_CELLS` in benchmarks/grid/settings.py). Each candidate's validation score `mean ± SE` "
+        f"validation episodes, over {len(settings.protocol.tuning_seeds)} tuning seed(s); on the datasets listed "
+        "in `WIDENED_CELLS` (benchmarks/grid/settings.py: where a first tuning chose the largest candidate) "
+        "every weight grid has the same two larger candidates. Each candidate's validation score `mean ± SE` "
         "over the tuning seeds; the chosen one in bold."
     )
 

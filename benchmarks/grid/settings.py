@@ -150,12 +150,22 @@ FULL_COMMON = (
 # One candidate grid per weighted algorithm, five candidates each: the same tuning budget for every one.
 WEIGHT_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
 MATD3BC_GRID = (0.5, 1.0, 2.5, 5.0, 10.0)  # TD3+BC's published 2.5 in the middle
-FULL_CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
-    "om2p": grid_of("alpha", WEIGHT_GRID),
-    "flow": grid_of("alpha", WEIGHT_GRID),
-    "diffusion": grid_of("alpha", WEIGHT_GRID),
-    "matd3bc": grid_of("matd3bc.alpha", MATD3BC_GRID),
-}
+
+
+def weight_candidates(
+    weights: tuple[float, ...], matd3bc_weights: tuple[float, ...]
+) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The tuning grids of the weighted algorithms: om2p, flow and diffusion share `alpha`'s."""
+    alpha = grid_of("alpha", weights)
+    return {
+        "om2p": alpha,
+        "flow": alpha,
+        "diffusion": alpha,
+        "matd3bc": grid_of("matd3bc.alpha", matd3bc_weights),
+    }
+
+
+FULL_CANDIDATES = weight_candidates(WEIGHT_GRID, MATD3BC_GRID)
 
 # Datasets where a tuned weight came out as the largest candidate, so the optimum may lie beyond the grid:
 # every weighted algorithm's grid there gains the same two larger candidates (the same tuning budget again).
@@ -163,12 +173,7 @@ WIDENED_CELLS: tuple[Cell, ...] = (
     ("cooperative_navigation", "medium"),
     ("cooperative_navigation", "medium-replay"),
 )
-WIDENED_CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
-    "om2p": grid_of("alpha", (*WEIGHT_GRID, 300.0, 1000.0)),
-    "flow": grid_of("alpha", (*WEIGHT_GRID, 300.0, 1000.0)),
-    "diffusion": grid_of("alpha", (*WEIGHT_GRID, 300.0, 1000.0)),
-    "matd3bc": grid_of("matd3bc.alpha", (*MATD3BC_GRID, 20.0, 50.0)),
-}
+WIDENED_CANDIDATES = weight_candidates((*WEIGHT_GRID, 300.0, 1000.0), (*MATD3BC_GRID, 20.0, 50.0))
 
 
 def omar_candidates(env: str, quality: str) -> dict[str, tuple[str, ...]]:
