@@ -24,6 +24,7 @@ from server.validation import (
     header_flag,
     header_request_id,
     header_seed,
+    json_may_hold_booleans,
     options_from,
     parse_json_body,
     parse_msgpack_body,
@@ -114,8 +115,13 @@ class ActEndpoint:
                     header_request_id(_text(headers.get(b"x-request-id"))),
                 )
                 return Decoded(array, options)
-            data = await decode(parse_msgpack_body if packed else parse_json_body, data_bytes)
-            return Decoded(data["observations"], options_from(data))
+            if packed:
+                data = await decode(parse_msgpack_body, data_bytes)
+                return Decoded(data["observations"], options_from(data))
+            data = await decode(parse_json_body, data_bytes)
+            return Decoded(
+                data["observations"], options_from(data), booleans_possible=json_may_hold_booleans(data_bytes)
+            )
 
         try:
             reply = await serve(self.service, "binary" if binary or packed else "json", decoded, receive)

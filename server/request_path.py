@@ -33,6 +33,7 @@ class Decoded:
     observations: object  # nested lists or an array: [n_agents][obs_dim] or [batch][n_agents][obs_dim]
     options: ActOptions
     field: str = "observations"  # named in the validation errors
+    booleans_possible: bool = True  # False: the protocol knows the input holds no bool (skips a scan)
 
 
 @dataclass(slots=True)
@@ -105,7 +106,11 @@ async def serve(
         runtime = service.current()
         spec = runtime.spec
         obs, batched = observations_array(
-            decoded.observations, spec, service.settings.max_batch_rows, decoded.field
+            decoded.observations,
+            spec,
+            service.settings.max_batch_rows,
+            decoded.field,
+            decoded.booleans_possible,
         )
         result = service.run_now(runtime, obs, decoded.options) if alone else None
         if result is None:

@@ -47,9 +47,11 @@ def expected_shape(spec: ModelSpec) -> str:
 
 
 def observations_array(
-    value: object, spec: ModelSpec, max_rows: int, field: str = "observations"
+    value: object, spec: ModelSpec, max_rows: int, field: str = "observations", booleans_possible: bool = True
 ) -> tuple[np.ndarray, bool]:
-    """Nested lists (or an array) -> float32 `[rows, N, obs_dim]` and whether the input had a batch axis."""
+    """Nested lists (or an array) -> float32 `[rows, N, obs_dim]` and whether the input had a batch axis.
+    `booleans_possible=False` (the caller knows the lists hold no bool, see `json_may_hold_booleans`)
+    skips the scan for them."""
     if isinstance(value, np.ndarray):
         array = value
     else:
@@ -76,7 +78,7 @@ def observations_array(
             f"{field}: holds {kind} or ragged lists; expected floats shaped {expected_shape(spec)}",
             field,
         )
-    if not isinstance(value, np.ndarray) and holds_booleans(value, array.ndim):
+    if booleans_possible and not isinstance(value, np.ndarray) and holds_booleans(value, array.ndim):
         raise InvalidRequest(
             422, f"{field}: holds booleans; expected floats shaped {expected_shape(spec)}", field
         )
@@ -143,6 +145,15 @@ def holds_booleans(value: list, ndim: int) -> bool:
     for _ in range(ndim - 2):
         rows = itertools.chain.from_iterable(rows)
     return any(bool in map(type, row) for row in rows)
+
+
+def json_may_hold_booleans(text: bytes | str) -> bool:
+    """False when a JSON document cannot hold a boolean anywhere: neither literal occurs in its text. One
+    substring search instead of a Python-level scan of every decoded list (the literals inside a string
+    only cost the scan)."""
+    if isinstance(text, str):
+        return "true" in text or "false" in text
+    return b"true" in text or b"false" in text
 
 
 def header_request_id(value: str | None) -> str | None:

@@ -12,7 +12,7 @@ from server.act import api_key_ok, offered_api_key
 from server.request_path import ClientGone, Decoded, act_body, dumps, serve
 from server.schemas import ActRequest, ActResponse
 from server.service import PolicyService
-from server.validation import DECODE_IN_THREAD_BYTES, InvalidRequest, options_from
+from server.validation import DECODE_IN_THREAD_BYTES, InvalidRequest, json_may_hold_booleans, options_from
 
 from . import ERRORS
 
@@ -74,4 +74,6 @@ async def _decode_message(message: str) -> Decoded:
         raise InvalidRequest(400, f"message: not valid JSON ({error})", "message") from None
     if not isinstance(data, dict) or "observations" not in data:
         raise InvalidRequest(422, "observations: field required", "observations")
-    return Decoded(data["observations"], options_from(data))
+    return Decoded(
+        data["observations"], options_from(data), booleans_possible=json_may_hold_booleans(message)
+    )

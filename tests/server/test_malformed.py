@@ -11,6 +11,8 @@ import struct
 import msgpack
 import pytest
 
+from server.validation import json_may_hold_booleans
+
 API_KEY = "test-key"  # as in conftest.py
 ROW = [0.0] * 18
 V2 = "/v2/models/synthetic/infer"
@@ -20,6 +22,10 @@ CORPUS = {
         "/act", {"content": msgpack.packb({"observations": b"\0" * 216, "shape": [True, 3, 18]}),
                  "headers": {"Content-Type": "application/msgpack"}}, 400, "shape"),
     "boolean in a JSON row": ("/act", {"json": {"observations": [[True, *ROW[1:]], ROW, ROW]}}, 422, "observations"),
+    "boolean deep in a JSON batch": (
+        "/act", {"content": b'{"observations": [[' + b",".join([b"[" + b",".join([b"0.5"] * 18) + b"]"] * 2)
+                 + b",[" + b",".join([b"0.5"] * 17) + b",\n  false ]]]}",
+                 "headers": {"Content-Type": "application/json"}}, 422, "observations"),
     "boolean in a msgpack row": (
         "/act", {"content": msgpack.packb({"observations": [[False, *ROW[1:]], ROW, ROW]}),
                  "headers": {"Content-Type": "application/msgpack"}}, 422, "observations"),
@@ -45,6 +51,14 @@ def test_malformed_input_gets_a_4xx_naming_the_field(client, case):
     response = client.post(path, **request)
     assert response.status_code == status, response.text
     assert response.json()["field"] == field and field in response.json()["error"]
+
+
+def test_the_boolean_shortcut_only_skips_documents_without_the_literals():
+    assert not json_may_hold_booleans(b'{"observations": [[0.5, -1e3]], "request_id": "tru e"}')
+    assert json_may_hold_booleans(b'{"observations": [[0.5, true]]}')
+    assert json_may_hold_booleans('{"observations": [[false]]}')  # WebSocket text
+    # A literal inside a string only costs the full scan.
+    assert json_may_hold_booleans(b'{"observations": [[0.5]], "request_id": "not true"}')
 
 
 def test_oversized_headers_get_431(client):
