@@ -211,8 +211,8 @@ def tuning_intro(settings: GridSettings) -> str:
     return (
         "Every algorithm with a weight is tuned over its own candidates (the same number each), on the "
         f"validation episodes, over {len(settings.protocol.tuning_seeds)} tuning seed(s); on the datasets listed "
-        "in `WIDENED_CELLS` (benchmarks/grid/settings.py: where a first tuning chose the largest candidate) "
-        "every weight grid has the same two larger candidates. Each candidate's validation score `mean ± SE` "
+        "in `WIDENED_CELLS` (benchmarks/grid/settings.py: where a tuning chose the largest candidate) every "
+        "weight grid has the same two larger candidates per widening. Each candidate's validation score `mean ± SE` "
         "over the tuning seeds; the chosen one in bold."
     )
 

@@ -168,12 +168,24 @@ def weight_candidates(
 FULL_CANDIDATES = weight_candidates(WEIGHT_GRID, MATD3BC_GRID)
 
 # Datasets where a tuned weight came out as the largest candidate, so the optimum may lie beyond the grid:
-# every weighted algorithm's grid there gains the same two larger candidates (the same tuning budget again).
-WIDENED_CELLS: tuple[Cell, ...] = (
-    ("cooperative_navigation", "medium"),
-    ("cooperative_navigation", "medium-replay"),
+# each widening gives every weighted algorithm's grid there the same two larger candidates (the same tuning
+# budget again). A dataset whose widened grid again peaks at its top edge takes the next widening too.
+WIDENINGS: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...] = (
+    ((300.0, 1000.0), (20.0, 50.0)),  # (alpha of om2p, flow and diffusion; matd3bc.alpha)
+    ((3000.0, 10000.0), (100.0, 200.0)),
 )
-WIDENED_CANDIDATES = weight_candidates((*WEIGHT_GRID, 300.0, 1000.0), (*MATD3BC_GRID, 20.0, 50.0))
+WIDENED_CELLS: dict[Cell, int] = {  # dataset -> how many widenings it has had
+    ("cooperative_navigation", "medium"): 1,
+    ("cooperative_navigation", "medium-replay"): 2,  # matd3bc peaked at 50, the top of the first widening
+}
+
+
+def widened_candidates(widenings: int) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The weight grids after the first `widenings` widenings: the five candidates, then two per widening."""
+    weights, matd3bc_weights = WEIGHT_GRID, MATD3BC_GRID
+    for extra, matd3bc_extra in WIDENINGS[:widenings]:
+        weights, matd3bc_weights = (*weights, *extra), (*matd3bc_weights, *matd3bc_extra)
+    return weight_candidates(weights, matd3bc_weights)
 
 
 def omar_candidates(env: str, quality: str) -> dict[str, tuple[str, ...]]:
@@ -202,7 +214,7 @@ def full_cell_candidates(cells: tuple[Cell, ...]) -> dict[Cell, dict[str, dict[s
     """OMAR's candidates centre on the published pair of each dataset; the widened datasets take the longer
     weight grids."""
     return {
-        cell: {"omar": omar_candidates(*cell), **(WIDENED_CANDIDATES if cell in WIDENED_CELLS else {})}
+        cell: {"omar": omar_candidates(*cell), **widened_candidates(WIDENED_CELLS.get(cell, 0))}
         for cell in cells
     }
 

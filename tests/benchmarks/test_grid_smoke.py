@@ -303,19 +303,20 @@ def test_a_field_added_at_its_neutral_value_keeps_the_records_a_changed_default_
     assert records.config_hash({**before, "alpha": 10.0}, dataset, test) != digest
 
 
-def test_a_widened_dataset_gives_every_weighted_algorithm_the_same_two_extra_candidates():
+def test_each_widening_gives_every_weighted_algorithm_the_same_two_extra_candidates():
     from benchmarks.grid.settings import WIDENED_CELLS, full_grid
 
     settings = full_grid()
     plain = ("cooperative_navigation", "expert")
     assert plain not in WIDENED_CELLS
-    for cell in WIDENED_CELLS:
+    for cell, widenings in WIDENED_CELLS.items():
         extra = {
             algo: len(settings.candidates_of(cell, algo)) - len(settings.candidates_of(plain, algo))
             for algo in ("om2p", "flow", "diffusion", "matd3bc")
         }
-        assert extra == dict.fromkeys(extra, 2), extra
+        assert extra == dict.fromkeys(extra, 2 * widenings), extra
         # the first five stay as they were, so the records of the original grid keep counting
         assert set(settings.candidates_of(plain, "om2p")) < set(settings.candidates_of(cell, "om2p"))
         assert "alpha=1000" in settings.candidates_of(cell, "om2p")
         assert "matd3bc.alpha=50" in settings.candidates_of(cell, "matd3bc")
+        assert ("matd3bc.alpha=200" in settings.candidates_of(cell, "matd3bc")) == (widenings >= 2)
