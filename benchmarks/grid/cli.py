@@ -108,6 +108,29 @@ def resolve(args: argparse.Namespace) -> GridSettings:
     return settings
 
 
+# The options that say which grid the page shows and where it lives; the others (--cells, --algos, the
+# seeds, --jobs, --ray-address, --report-only) only choose what one invocation trains, and how.
+PAGE_OPTIONS = ("smoke", "data", "records", "runs", "out", "json", "notes", "device")
+
+
+def page_settings(args: argparse.Namespace, settings: GridSettings) -> GridSettings:
+    """The page always reports the whole grid: a run restricted to some cells, algorithms or seeds trains
+    only those, and the page still shows every cell from the records (and the rest as missing runs)."""
+    whole = smoke_grid(Path(args.smoke)) if args.smoke else full_grid()
+    return dataclasses.replace(
+        settings, cells=whole.cells, algorithms=whole.algorithms, protocol=whole.protocol
+    )
+
+
+def page_invocation(args: argparse.Namespace) -> str:
+    """The command that trains the whole grid the page shows (not the one that re-read or extended it)."""
+    words = ["python", "-m", "benchmarks.grid"]
+    for name in PAGE_OPTIONS:
+        if value := getattr(args, name):
+            words += [f"--{name}", value]
+    return shlex.join(words)
+
+
 def validate(settings: GridSettings) -> None:
     """Fail before any work on an unknown name, a missing budget or overlapping seed sets."""
     from training.algos import available_algorithms
@@ -245,12 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for outcome, count in run_phase(settings, keys(settings), phase, args.ray_address).items():
                     counts[outcome] = counts.get(outcome, 0) + count
         records = analysis.index(iter_records(settings.records))
-        # The page states the command that trains the grid, not the one that only re-read it.
-        invocation = shlex.join(
-            ["python", "-m", "benchmarks.grid", *(a for a in argv if a != "--report-only")]
-        )
         template = next((r["train_command"] for r in records.values() if r["role"] == "table"), None)
-        results = report.build(settings, records, invocation, template)
+        results = report.build(page_settings(args, settings), records, page_invocation(args), template)
     except GridError as error:
         print(f"benchmarks.grid: error: {error}", file=sys.stderr)
         return 2

@@ -142,6 +142,27 @@ def test_report_only_rebuilds_the_page_from_the_records_alone(smoke, grid, tmp_p
     assert "## Notes\n\nOMAR trails bc here because the budget is short." in markdown
 
 
+def test_a_run_restricted_to_one_cell_still_writes_the_whole_page(smoke, grid, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke / "records", copy / "records")
+    argv = [
+        "--smoke",
+        str(copy),
+        "--cells",
+        f"{ENV}:random",
+        "--algos",
+        "bc",
+        "--seeds",
+        "0",
+        "--report-only",
+    ]
+    assert grid.cli.main(argv) == 0
+    rebuilt, original = (json.loads((d / "results.json").read_text()) for d in (copy, smoke))
+    assert rebuilt["scores"] == original["scores"] and rebuilt["tuning"] == original["tuning"]
+    assert f"| {ENV} / expert | om2p |" in (copy / "results.md").read_text()  # the cell it did not train
+    assert f"```\npython -m benchmarks.grid --smoke {copy}\n```" in (copy / "results.md").read_text()
+
+
 def test_a_changed_setting_retrains_only_its_runs(smoke, grid):
     settings = grid.settings.smoke_grid(smoke)
     key = grid.records.RunKey(ENV, "random", "bc", "default", 0)
