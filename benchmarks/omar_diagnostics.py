@@ -161,6 +161,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+PLOT_FLOOR = -60.0
+"""The plot's lowest score: curves that fall further say their minimum in the legend."""
+
+
 def plot(records: list[dict[str, Any]], references: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
@@ -172,7 +176,8 @@ def plot(records: list[dict[str, Any]], references: dict[str, list[dict[str, Any
         groups[name] = [record["curve"] for record in group]
     for record in records:
         groups.setdefault(record["variant"], []).append(record["curve"])
-    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figure, axis = plt.subplots(figsize=(10.5, 4.5))
+    lowest = np.inf
     for name, curves in groups.items():
         curves = [c for c in curves if c]
         if not curves:
@@ -182,11 +187,17 @@ def plot(records: list[dict[str, Any]], references: dict[str, list[dict[str, Any
         fraction = np.array([s for s, _ in curves[0][:length]]) / final
         mean = np.mean([[v for _, v in c[:length]] for c in curves], axis=0)
         style = "--" if "grid" in name else "-"
-        axis.plot(fraction, mean, style, label=f"{name} (n={len(curves)})")
+        label = f"{name} (n={len(curves)})"
+        if mean.min() < PLOT_FLOOR:  # one collapsing variant would squash every other curve
+            label += f", min {mean.min():.0f} (off the axis)"
+        axis.plot(fraction, mean, style, label=label)
+        lowest = min(lowest, mean.min())
+    if lowest < PLOT_FLOOR:
+        axis.set_ylim(bottom=PLOT_FLOOR)
     axis.set_xlabel("fraction of the run's updates")
     axis.set_ylabel("normalised validation score")
     axis.set_title("OMAR on cooperative_navigation expert: one change at a time")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the curves, not on them
     axis.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
