@@ -275,11 +275,15 @@ def plot_curves(settings: GridSettings, records: analysis.Records, scores: dict[
 
     images = settings.out.parent / "img"
     images.mkdir(parents=True, exist_ok=True)
+    # An algorithm keeps its colour in every panel and every environment's figure.
+    palette = plt.get_cmap("tab10").colors
+    colours = {algo: palette[i % len(palette)] for i, algo in enumerate(settings.algorithms)}
     paths = {}
     for env, rows in scores.items():
         if not any(cell["seeds"] for row in rows.values() for cell in row["algos"].values()):
             continue  # nothing trained yet: no empty figure
         figure, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.4), squeeze=False)
+        handles: dict[str, Any] = {}  # one legend for the figure, whichever panels an algorithm has runs in
         for axis, (quality, row) in zip(axes[0], rows.items(), strict=True):
             for algo, cell in row["algos"].items():
                 curves = [
@@ -287,15 +291,16 @@ def plot_curves(settings: GridSettings, records: analysis.Records, scores: dict[
                 ]
                 steps, mean = mean_curve(curves)
                 if steps:
-                    axis.plot(steps, mean, marker=".", label=algo)
+                    (handles[algo],) = axis.plot(steps, mean, marker=".", color=colours[algo], label=algo)
+            if not axis.get_lines():
+                axis.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=axis.transAxes)
             axis.set_title(quality)
             axis.set_xlabel("gradient step")
             axis.grid(alpha=0.3)
         axes[0][0].set_ylabel("normalised validation score")
-        if axes[0][-1].get_lines():
-            axes[0][-1].legend(fontsize=8)
-        figure.suptitle(f"{env}: mean over training seeds")
-        figure.tight_layout()
+        figure.legend(list(handles.values()), list(handles), loc="upper right", fontsize=8, ncol=len(handles))
+        figure.suptitle(f"{env}: mean over training seeds", x=0.01, ha="left")
+        figure.tight_layout(rect=(0, 0, 1, 0.93))
         paths[env] = images / f"results_{env}.png"
         figure.savefig(paths[env], dpi=110)
         plt.close(figure)
