@@ -188,10 +188,11 @@ def plot(records: list[dict[str, Any]], references: dict[str, list[dict[str, Any
         mean = np.mean([[v for _, v in c[:length]] for c in curves], axis=0)
         style = "--" if "grid" in name else "-"
         label = f"{name} (n={len(curves)})"
-        if mean.min() < PLOT_FLOOR:  # one collapsing variant would squash every other curve
-            label += f", min {mean.min():.0f} (off the axis)"
+        low = float(mean.min())
+        if low < PLOT_FLOOR:  # one collapsing variant would squash every other curve
+            label += f", min {low:.0f} (off the axis)"
         axis.plot(fraction, mean, style, label=label)
-        lowest = min(lowest, mean.min())
+        lowest = min(lowest, low)
     if lowest < PLOT_FLOOR:
         axis.set_ylim(bottom=PLOT_FLOOR)
     axis.set_xlabel("fraction of the run's updates")

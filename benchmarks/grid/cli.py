@@ -71,8 +71,13 @@ def parse_cell(text: str) -> tuple[str, str]:
     return env, quality
 
 
+def whole_grid(args: argparse.Namespace) -> GridSettings:
+    """The grid as defined (the smoke grid with --smoke), before this invocation's restrictions."""
+    return smoke_grid(Path(args.smoke)) if args.smoke else full_grid()
+
+
 def resolve(args: argparse.Namespace) -> GridSettings:
-    settings = smoke_grid(Path(args.smoke)) if args.smoke else full_grid()
+    settings = whole_grid(args)
     changes: dict[str, Any] = {}
     if args.cells:
         cells = [parse_cell(c) for c in args.cells]
@@ -116,7 +121,7 @@ PAGE_OPTIONS = ("smoke", "data", "records", "runs", "out", "json", "notes", "dev
 def page_settings(args: argparse.Namespace, settings: GridSettings) -> GridSettings:
     """The page always reports the whole grid: a run restricted to some cells, algorithms or seeds trains
     only those, and the page still shows every cell from the records (and the rest as missing runs)."""
-    whole = smoke_grid(Path(args.smoke)) if args.smoke else full_grid()
+    whole = whole_grid(args)
     return dataclasses.replace(
         settings, cells=whole.cells, algorithms=whole.algorithms, protocol=whole.protocol
     )
