@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 
 import msgpack
 
-from server.request_path import ClientGone, Decoded, DisconnectHook, Receive, Reply, act_body, dumps, serve
+from server.request_path import (
+    ClientGone,
+    Decoded,
+    DisconnectHook,
+    Receive,
+    Reply,
+    act_body,
+    dumps,
+    serve,
+    serve_soon,
+)
 from server.service import PolicyService
 from server.validation import (
     DECODE_IN_THREAD_BYTES,
@@ -25,6 +36,7 @@ from server.validation import (
     header_request_id,
     header_seed,
     json_may_hold_booleans,
+    json_may_hold_strings,
     options_from,
     parse_json_body,
     parse_msgpack_body,
@@ -32,6 +44,8 @@ from server.validation import (
 )
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+INTERNAL_ERROR = (500, JSON_HEADERS, b'{"error":"internal error","field":null}')
+log = logging.getLogger("om2p.server")
 MSGPACK_TYPES = (b"application/msgpack", b"application/x-msgpack", b"application/vnd.msgpack")
 
 
@@ -57,13 +71,6 @@ def offered_api_key(headers: dict[bytes, bytes]) -> bytes | None:
 def check_api_key(expected: bytes | None, headers: dict[bytes, bytes]) -> None:
     if expected is not None and not api_key_ok(expected, offered_api_key(headers)):
         raise InvalidRequest(401, "X-API-Key: missing or wrong API key", "X-API-Key")
-
-
-async def decode(parse: Callable[[bytes], dict], body: bytes) -> dict:
-    """`parse(body)`, in a thread when the body is large enough to hold up the event loop."""
-    if len(body) > DECODE_IN_THREAD_BYTES:
-        return await asyncio.to_thread(parse, body)
-    return parse(body)
 
 
 def _text(value: bytes | None) -> str | None:
@@ -95,49 +102,50 @@ class ActEndpoint:
         headers: dict[bytes, bytes],
         body: bytes | Callable[[], Awaitable[bytes]],
         receive: Receive | DisconnectHook | None = None,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    ) -> Answer | None:
         """`(status, headers, body)` of the answer, without Content-Length; None when the client left.
         `body`: the request's body, or a coroutine function that reads it (after the API key is checked and
         the queue has room, so that neither refusal waits for an upload). `receive` (ASGI, or the protocol's
         `DisconnectHook`) lets a long wait notice a disconnect."""
-        ctype = headers.get(b"content-type", b"application/json").split(b";", 1)[0].strip().lower()
-        binary = ctype == b"application/octet-stream"
-        packed = not binary and ctype in MSGPACK_TYPES
+        kind = _body_kind(headers)
 
         async def decoded() -> Decoded:
             check_api_key(self.api_key, headers)
             data_bytes = body if isinstance(body, bytes) else await body()
-            if binary:
-                array = binary_array(data_bytes, parse_shape_header(_text(headers.get(b"x-shape"))))
-                options = ActOptions(
-                    header_flag(_text(headers.get(b"x-deterministic")), "X-Deterministic"),
-                    header_seed(_text(headers.get(b"x-seed"))),
-                    header_request_id(_text(headers.get(b"x-request-id"))),
-                )
-                return Decoded(array, options)
-            if packed:
-                data = await decode(parse_msgpack_body, data_bytes)
-                return Decoded(data["observations"], options_from(data))
-            data = await decode(parse_json_body, data_bytes)
-            return Decoded(
-                data["observations"], options_from(data), booleans_possible=json_may_hold_booleans(data_bytes)
-            )
+            if kind != "binary" and len(data_bytes) > DECODE_IN_THREAD_BYTES:
+                return await asyncio.to_thread(_decode, kind, headers, data_bytes)
+            return _decode(kind, headers, data_bytes)
 
         try:
-            reply = await serve(self.service, "binary" if binary or packed else "json", decoded, receive)
+            reply = await serve(self.service, "json" if kind == "json" else "binary", decoded, receive)
         except ClientGone:
             return None
-        if reply.status != 200:
-            extra = [(k.encode(), v.encode()) for k, v in (reply.headers or {}).items()]
-            return reply.status, [*JSON_HEADERS, *extra], dumps(reply.error_body())
-        if binary:
-            payload, extra = _binary_answer(reply)
-            return 200, extra, payload
-        if packed:
-            answer = act_body(reply)
-            answer["actions"] = answer["actions"].tolist()
-            return 200, [(b"content-type", b"application/msgpack")], msgpack.packb(answer)
-        return 200, JSON_HEADERS, dumps(act_body(reply))
+        return _encode(kind, reply)
+
+    def respond_soon(
+        self,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        hook: DisconnectHook,
+        answer: Callable[[Answer | None], None],
+    ) -> None:
+        """`respond` for a body already read (at most `DECODE_IN_THREAD_BYTES`), without a task: `answer`
+        gets what `respond` would return, from this call or a later callback (`server.protocols`)."""
+        kind = _body_kind(headers)
+
+        def decoded() -> Decoded:
+            check_api_key(self.api_key, headers)
+            return _decode(kind, headers, body)
+
+        def encoded(reply: Reply | None) -> None:
+            try:
+                encoded_answer = None if reply is None else _encode(kind, reply)
+            except Exception:  # the last line of defence: the client still gets its one answer
+                log.exception("POST /act: encoding the answer failed")
+                encoded_answer = INTERNAL_ERROR
+            answer(encoded_answer)
+
+        serve_soon(self.service, "json" if kind == "json" else "binary", decoded, hook, encoded)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive) -> bytes:
         length = headers.get(b"content-length")
@@ -163,6 +171,53 @@ class ActEndpoint:
                 raise InvalidRequest(413, f"body: more than the limit of {self.max_body} bytes", "body")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""An HTTP answer: status, headers (without Content-Length) and body."""
+
+
+def _body_kind(headers: dict[bytes, bytes]) -> str:
+    """The body's kind from its Content-Type: "json" (also when absent), "msgpack" or "binary" (float32)."""
+    ctype = headers.get(b"content-type", b"application/json").split(b";", 1)[0].strip().lower()
+    if ctype == b"application/octet-stream":
+        return "binary"
+    return "msgpack" if ctype in MSGPACK_TYPES else "json"
+
+
+def _decode(kind: str, headers: dict[bytes, bytes], body: bytes) -> Decoded:
+    if kind == "binary":
+        array = binary_array(body, parse_shape_header(_text(headers.get(b"x-shape"))))
+        options = ActOptions(
+            header_flag(_text(headers.get(b"x-deterministic")), "X-Deterministic"),
+            header_seed(_text(headers.get(b"x-seed"))),
+            header_request_id(_text(headers.get(b"x-request-id"))),
+        )
+        return Decoded(array, options)
+    if kind == "msgpack":
+        data = parse_msgpack_body(body)
+        return Decoded(data["observations"], options_from(data))
+    data = parse_json_body(body)
+    return Decoded(
+        data["observations"],
+        options_from(data),
+        booleans_possible=json_may_hold_booleans(body),
+        strings_possible=json_may_hold_strings(body, data),
+    )
+
+
+def _encode(kind: str, reply: Reply) -> Answer:
+    if reply.status != 200:
+        extra = [(k.encode(), v.encode()) for k, v in (reply.headers or {}).items()]
+        return reply.status, [*JSON_HEADERS, *extra], dumps(reply.error_body())
+    if kind == "binary":
+        payload, extra = _binary_answer(reply)
+        return 200, extra, payload
+    if kind == "msgpack":
+        answer = act_body(reply)
+        answer["actions"] = answer["actions"].tolist()
+        return 200, [(b"content-type", b"application/msgpack")], msgpack.packb(answer)
+    return 200, JSON_HEADERS, dumps(act_body(reply))
 
 
 def _binary_answer(reply: Reply) -> tuple[bytes, list]:

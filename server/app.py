@@ -20,9 +20,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.act import ActEndpoint
+from server.act import ActEndpoint, Answer
 from server.metrics import ServerMetrics
-from server.request_path import early_refusal
+from server.request_path import DisconnectHook, early_refusal
 from server.routes import api_key_dependency, error_response
 from server.routes.act import act_router
 from server.routes.admin import admin_router
@@ -126,7 +126,6 @@ class Om2pApp:
         self.fastapi = create_fastapi(service, on_fatal)
         self.act = ActEndpoint(service)
         self._admitted = 0  # see shed()
-        self.direct_act = self.act.respond  # for server.protocols: /act without the ASGI request cycle
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -142,6 +141,18 @@ class Om2pApp:
                 )
                 return
         await self.fastapi(scope, receive, send)
+
+    def direct_act(
+        self,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        hook: DisconnectHook,
+        answer: Callable[[Answer | None], None],
+    ) -> None:
+        """For `server.protocols`: `POST /act` without the ASGI request cycle (`ActEndpoint.respond_soon`)."""
+        self.act.respond_soon(headers, body, hook, answer)
+        if self._admitted:
+            self._admitted -= 1  # admitted by `shed` and now queued (or answered): no longer on its way
 
     def shed(self, path: bytes) -> bytes | None:
         """For `server.protocols`: the whole HTTP 503 response for a POST that must be refused now, decided

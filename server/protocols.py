@@ -11,9 +11,10 @@ a third of the event loop's time per `/act` request:
   straight from the header callback, with no ASGI task, no body read and no parse (a refusal must cost far
   less than an answer, or refusing eats the capacity the accepted requests need);
 - `POST /act` with a small Content-Length body on a keep-alive HTTP/1.1 connection goes to the app's
-  `direct_act(headers, body, receive)` (`ActEndpoint.respond`, the same code the ASGI route runs) and its
-  answer is written as one response. Anything else (chunked or large bodies, `Expect: 100-continue`,
-  pipelined requests, HTTP/1.0, an access log, uvicorn's concurrency limit) takes the ASGI path.
+  `direct_act(headers, body, hook, answer)` (`ActEndpoint.respond_soon`: the ASGI route's steps, driven by
+  callbacks instead of a task) and its answer is written as one response. Anything else (chunked or large
+  bodies, `Expect: 100-continue`, pipelined requests, HTTP/1.0, an access log, uvicorn's concurrency
+  limit) takes the ASGI path.
 
 All hook uvicorn's protocol classes (passed as `http=` and `ws=`); tests run them on a real server.
 """
@@ -21,12 +22,14 @@ All hook uvicorn's protocol classes (passed as `http=` and `ws=`); tests run the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from server.act import INTERNAL_ERROR, Answer
 from server.held import HeldConnections
 from server.limits import MAX_HEADER_BYTES
 from server.request_path import DisconnectHook
@@ -50,6 +53,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._received_in_headers = 0
         self._too_large = False
         self._refusal_pause: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # see `_unset_keepalive_if_required`
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -59,6 +63,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if type(cycle) is _DirectCycle and not cycle.response_complete:
             cycle.client_left()  # a waiting request drops its queued rows
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -94,7 +101,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._answer_without_body(response)
                 return
             if path == b"/act" and self._direct_act_allowed():
-                self.cycle = _DirectCycle(self.parser.should_keep_alive())
+                self.cycle = _DirectCycle(self.parser.should_keep_alive(), self._write_direct_answer)
                 return
         # The request cycle writes through a transport that sends the response head with the body's first
         # write: one send() and one wake-up of the client per response instead of two.
@@ -131,22 +138,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         cycle = self.cycle
         if type(cycle) is _DirectCycle:
-            task = self.loop.create_task(self._answer_directly(cycle))
-            task.add_done_callback(self.tasks.discard)  # uvicorn's shutdown waits for these tasks
-            self.tasks.add(task)
+            try:
+                self.app.direct_act(dict(self.headers), b"".join(cycle.chunks), cycle, cycle.answer)
+            except Exception:  # `direct_act` answers every failure itself; this is the last line of defence
+                self.logger.exception("POST /act failed")
+                if not cycle.response_complete:
+                    cycle.answer(INTERNAL_ERROR)
             return
         super().on_message_complete()
 
-    async def _answer_directly(self, cycle: _DirectCycle) -> None:
-        try:
-            answer = await self.app.direct_act(dict(self.headers), b"".join(cycle.chunks), cycle)
-        except Exception:  # `respond` maps every failure to a status; this is the last line of defence
-            self.logger.exception("POST /act failed")
-            answer = (
-                500,
-                [(b"content-type", b"application/json")],
-                b'{"error":"internal error","field":null}',
-            )
+    def _write_direct_answer(self, cycle: _DirectCycle, answer: Answer | None) -> None:
+        """The answer of a request taken by `direct_act`: one write, then on to the connection's next
+        request (or closed when the client left, or asked to close)."""
         cycle.response_complete = True
         if answer is None or self.transport.is_closing():  # the client left
             self.transport.close()
@@ -165,8 +168,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_response_complete(self) -> None:
+        """uvicorn's, with a keep-alive timer that is armed once per idle spell rather than per response."""
         self._coalescing.flush()  # nothing of a finished response may wait past it (e.g. a bodiless 204)
-        super().on_response_complete()
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # a request that arrived behind this one starts now
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_due)
+
+    def _unset_keepalive_if_required(self) -> None:
+        # Called by uvicorn whenever bytes arrive. uvicorn cancels its timer here and arms a new one after
+        # every response: a timer-heap push and a cancel per request. Ours stays armed and, when it fires,
+        # closes the connection only if it has been idle for the whole timeout.
+        self._idle_since = None
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None:  # busy: the end of its response arms the timer again
+            return
+        remaining = idle_since + self.timeout_keep_alive - self.loop.time()
+        if remaining > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(remaining, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
 
     def _answer_without_body(self, response: bytes) -> None:
         keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
@@ -292,16 +323,21 @@ class _DirectCycle(DisconnectHook):
     what uvicorn's connection handling reads and writes (`response_complete`, `keep_alive`, `disconnected`,
     `message_event`), and is the request's `DisconnectHook`."""
 
-    __slots__ = ("chunks", "disconnected", "keep_alive", "response_complete")
+    __slots__ = ("chunks", "disconnected", "keep_alive", "response_complete", "write")
 
     message_event = _AnsweredCycle.message_event  # uvicorn sets it on a lost connection; nothing waits
 
-    def __init__(self, keep_alive: bool) -> None:
+    def __init__(self, keep_alive: bool, write: Callable[[_DirectCycle, Answer | None], None]) -> None:
         super().__init__()
         self.chunks: list[bytes] = []
         self.keep_alive = keep_alive
         self.response_complete = False
         self.disconnected = False
+        self.write = write
+
+    def answer(self, answer: Answer | None) -> None:
+        """Called once per request by the request path (see `serve_soon`)."""
+        self.write(self, answer)
 
 
 class Utf8CheckingWebSocketProtocol(WebSocketsSansIOProtocol):

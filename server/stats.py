@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 @dataclass(slots=True)
 class Duration:
     count: int = 0
-    ns: int = 0
+    seconds: float = 0.0  # summed as a float (a rounding per request costs more); nanoseconds when read
 
     def add(self, seconds: float, count: int = 1) -> None:
         self.count += count
-        self.ns += round(seconds * 1e9)
+        self.seconds += seconds
+
+    @property
+    def ns(self) -> int:
+        return round(self.seconds * 1e9)
 
     def as_dict(self) -> dict:
         return {"count": self.count, "ns": self.ns}

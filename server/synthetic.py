@@ -25,7 +25,7 @@ import numpy as np
 
 from export.manifest import MANIFEST_FILENAME, load_manifest, resolve_version_dir, sha256_file
 
-OPSET = 17
+OPSET = 20
 _WEIGHTS_FILE = "synthetic_weights.npz"  # only for reference_policy; not listed in the manifest
 
 
@@ -89,9 +89,6 @@ def _onnx_graph(weights: dict[str, np.ndarray], mask: np.ndarray, obs_dim: int, 
     constant("action_mask", mask.astype(np.float32))
     constant("low", np.array(-1.0, np.float32))
     constant("high", np.array(1.0, np.float32))
-    constant("sqrt_half", np.array(1.0 / math.sqrt(2.0), np.float32))
-    constant("half", np.array(0.5, np.float32))
-    constant("one", np.array(1.0, np.float32))
     nodes += [
         helper.make_node("Sub", ["obs", "obs_mean"], ["obs_centred"]),
         helper.make_node("Div", ["obs_centred", "obs_std"], ["obs_normalised"]),
@@ -109,14 +106,8 @@ def _onnx_graph(weights: dict[str, np.ndarray], mask: np.ndarray, obs_dim: int, 
             helper.make_node("Add", [f"mm{layer}", f"b{layer}"], [f"h{layer}"]),
         ]
         x = f"h{layer}"
-        if layer < n_layers - 1:  # exact GELU, 0.5 x (1 + erf(x / sqrt 2)); Gelu is an op only from opset 20
-            nodes += [
-                helper.make_node("Mul", [x, "sqrt_half"], [f"scaled{layer}"]),
-                helper.make_node("Erf", [f"scaled{layer}"], [f"erf{layer}"]),
-                helper.make_node("Add", [f"erf{layer}", "one"], [f"erf1{layer}"]),
-                helper.make_node("Mul", [x, f"erf1{layer}"], [f"xe{layer}"]),
-                helper.make_node("Mul", [f"xe{layer}", "half"], [f"a{layer}"]),
-            ]
+        if layer < n_layers - 1:  # exact GELU, the opset-20 op `make export` writes too
+            nodes.append(helper.make_node("Gelu", [x], [f"a{layer}"]))
             x = f"a{layer}"
     nodes += [
         helper.make_node("Transpose", [x], ["u"], perm=[1, 0, 2]),  # back to [B, N, act_dim]
@@ -137,7 +128,7 @@ def _onnx_graph(weights: dict[str, np.ndarray], mask: np.ndarray, obs_dim: int, 
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="om2p.server.synthetic"
     )
-    model.ir_version = 8  # readable by every onnxruntime >= 1.15
+    model.ir_version = 9  # opset 20 (onnx 1.15): readable by every onnxruntime >= 1.17
     onnx.checker.check_model(model)
     return model
 

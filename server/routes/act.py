@@ -12,7 +12,13 @@ from server.act import api_key_ok, offered_api_key
 from server.request_path import ClientGone, Decoded, act_body, dumps, serve
 from server.schemas import ActRequest, ActResponse
 from server.service import PolicyService
-from server.validation import DECODE_IN_THREAD_BYTES, InvalidRequest, json_may_hold_booleans, options_from
+from server.validation import (
+    DECODE_IN_THREAD_BYTES,
+    InvalidRequest,
+    json_may_hold_booleans,
+    json_may_hold_strings,
+    options_from,
+)
 
 from . import ERRORS
 
@@ -75,5 +81,8 @@ async def _decode_message(message: str) -> Decoded:
     if not isinstance(data, dict) or "observations" not in data:
         raise InvalidRequest(422, "observations: field required", "observations")
     return Decoded(
-        data["observations"], options_from(data), booleans_possible=json_may_hold_booleans(message)
+        data["observations"],
+        options_from(data),
+        booleans_possible=json_may_hold_booleans(message),
+        strings_possible=json_may_hold_strings(message, data),
     )

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from server import protocols
+from server import act, protocols
 from server.app import Om2pApp, create_app
 from server.process import free_port
 from server.settings import ServerSettings
@@ -38,9 +38,9 @@ class CountingApp:
     def __getattr__(self, name: str):  # shed, refused_read_pause_s, ...
         return getattr(self.app, name)
 
-    async def direct_act(self, headers, body, receive=None):
+    def direct_act(self, headers, body, hook, answer) -> None:
         self.direct_calls += 1
-        return await self.app.direct_act(headers, body, receive)
+        self.app.direct_act(headers, body, hook, answer)
 
 
 class QuietProtocol(protocols.BoundedHttpToolsProtocol):
@@ -53,7 +53,7 @@ class QuietProtocol(protocols.BoundedHttpToolsProtocol):
 
 
 @contextlib.contextmanager
-def running(settings: ServerSettings) -> Iterator[tuple[str, int, CountingApp]]:
+def running(settings: ServerSettings, keep_alive_s: float = 5.0) -> Iterator[tuple[str, int, CountingApp]]:
     """A real uvicorn on loopback, in a thread, serving `settings` with our protocol classes."""
     app = CountingApp(create_app(settings))
     port = free_port()
@@ -65,6 +65,7 @@ def running(settings: ServerSettings) -> Iterator[tuple[str, int, CountingApp]]:
         log_level="warning",
         access_log=False,
         proxy_headers=False,
+        timeout_keep_alive=keep_alive_s,
     )
     uvicorn_server = uvicorn.Server(config)
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
@@ -187,6 +188,31 @@ def test_bad_input_on_the_direct_path_keeps_its_status_and_field(server, body, s
     assert app.direct_calls == before + 2
 
 
+def test_an_answer_that_cannot_be_encoded_is_still_answered_once_with_a_500(server, monkeypatch):
+    """The callback-driven path has no task to catch a failure: the last line of defence answers 500,
+    once, and the connection goes on serving."""
+    _, port, _ = server
+    encode = act._encode
+    failures = []
+
+    def encode_failing_once(kind, reply):
+        if not failures:
+            failures.append(kind)
+            raise RuntimeError("cannot encode")
+        return encode(kind, reply)
+
+    monkeypatch.setattr(act, "_encode", encode_failing_once)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request(body_of()))
+        ((status, _, answer),) = read_responses(sock, 1)
+        sock.sendall(request(body_of()))
+        ((after, _, _),) = read_responses(sock, 1)
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # nothing more: one answer per request
+    assert (status, answer["error"], after, failures) == (500, "internal error", 200, ["json"])
+
+
 def test_connection_close_is_honoured(server):
     _, port, _ = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -227,3 +253,27 @@ def test_a_client_that_leaves_while_queued_has_its_rows_dropped_before_compute(m
     assert app.direct_calls == before + 1
     assert 'om2p_requests_total{outcome="cancelled"} 1.0' in metrics
     assert "om2p_batch_rows_sum 0.0" in metrics
+
+
+def test_the_keep_alive_timeout_closes_idle_connections_only(model):
+    """The keep-alive timer is armed once per idle spell: a connection that sends a request every 0.2 s
+    outlives several 1 s timeouts, and one left idle is closed after about 1 s, as with uvicorn's own."""
+    with (
+        running(ServerSettings(model=str(model)), keep_alive_s=1.0) as (_, port, _),
+        socket.create_connection(("127.0.0.1", port), timeout=10) as busy,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as idle,
+    ):
+        idle.sendall(request(body_of()))
+        read_responses(idle, 1)
+        idle_from, idle_closed_after = time.monotonic(), None
+        idle.setblocking(False)
+        for _ in range(16):  # 3.2 s: three timeouts' worth
+            busy.sendall(request(body_of()))
+            ((status, _, _),) = read_responses(busy, 1)
+            assert status == 200
+            time.sleep(0.2)
+            if idle_closed_after is None:
+                with contextlib.suppress(BlockingIOError):
+                    assert idle.recv(1) == b""  # closed by the server
+                    idle_closed_after = time.monotonic() - idle_from
+    assert idle_closed_after is not None and 0.9 < idle_closed_after < 2.0

@@ -4,14 +4,24 @@ WebSocket, a close whose reason names the message), never a 5xx or a dropped con
 from __future__ import annotations
 
 import base64
+import math
 import os
 import socket
 import struct
+from pathlib import Path
 
 import msgpack
+import numpy as np
+import orjson
 import pytest
 
-from server.validation import json_may_hold_booleans
+from server.backends import ModelSpec
+from server.validation import (
+    InvalidRequest,
+    json_may_hold_booleans,
+    json_may_hold_strings,
+    observations_array,
+)
 
 API_KEY = "test-key"  # as in conftest.py
 ROW = [0.0] * 18
@@ -59,6 +69,57 @@ def test_the_boolean_shortcut_only_skips_documents_without_the_literals():
     assert json_may_hold_booleans('{"observations": [[false]]}')  # WebSocket text
     # A literal inside a string only costs the full scan.
     assert json_may_hold_booleans(b'{"observations": [[0.5]], "request_id": "not true"}')
+
+
+def test_the_string_shortcut_counts_every_quote_that_is_not_a_key_or_a_top_level_string():
+    for text in (b'{"observations": [[0.5]]}', '{"observations": [[0.5]], "request_id": "a b"}'):
+        assert not json_may_hold_strings(text, orjson.loads(text))
+    for text in (
+        b'{"observations": [[0.5, "1.5"]]}',
+        b'{"observations": [[0.5]], "request_id": "say \\"hi\\""}',  # an escaped quote: the full scan
+        b'{"observations": [["a"]], "observations": [[0.5]]}',  # a repeated key, whatever its values
+        b'{"observations": [[0.5]], "extra": ["x"]}',
+    ):
+        assert json_may_hold_strings(text, orjson.loads(text)), text
+
+
+SPEC = ModelSpec("m", 1, ("a", "b"), 3, 2, np.ones((2, 2), bool), -1.0, 1.0, Path("."))
+EQUIVALENCE = {
+    "one row": [[0.1, -2.0, 3], [4, 5, 6e5]],
+    "a batch": [[[0.5] * 3] * 2] * 4,
+    "ints": [[1, 2, 3], [-4, 5, 1000000]],
+    "at the bound": [[1e6, -1e6, 0.0], [0.0, 0.0, 0.0]],
+    "just past the bound": [[1e6 + 0.0625, 0.0, 0.0], [0.0, 0.0, 0.0]],
+    "many values near the bound": [[[9.9e5] * 3] * 2] * 8,
+    "float64 beyond float32": [[1e300, 0.0, 0.0], [0.0, 0.0, 0.0]],
+    "NaN": [[math.nan, 0.0, 0.0], [0.0, 0.0, 0.0]],
+    "Inf": [[0.0, -math.inf, 0.0], [0.0, 0.0, 0.0]],
+    "null": [[None, 0.0, 0.0], [0.0, 0.0, 0.0]],
+    "ragged": [[0.0, 0.0, 0.0], [0.0, 0.0]],
+    "wrong shape": [[0.0, 0.0], [0.0, 0.0]],
+    "too deep": [[[[0.0] * 3] * 2]],
+    "a flat row": [0.0, 0.0, 0.0],
+    "empty": [],
+    "empty batch": [[]],
+    "too many rows": [[[0.0] * 3] * 2] * 9,
+    "an object inside": [[{"x": 1}, 0.0, 0.0], [0.0, 0.0, 0.0]],
+}
+
+
+@pytest.mark.parametrize("value", EQUIVALENCE.values(), ids=EQUIVALENCE.keys())
+def test_the_plain_number_shortcut_answers_as_the_checked_way(value):
+    """Lists known to hold no bool and no string are converted straight to float32: the same array, or
+    the same refusal with the same message, as the checked way."""
+
+    def outcome(**flags):
+        try:
+            array, batched = observations_array(value, SPEC, 8, **flags)
+        except InvalidRequest as error:
+            return error.status, error.message, error.field
+        assert array.dtype == np.float32 and array.flags.c_contiguous
+        return array.tobytes(), array.shape, batched
+
+    assert outcome(booleans_possible=False, strings_possible=False) == outcome()
 
 
 def test_oversized_headers_get_431(client):
