@@ -128,9 +128,11 @@ class ActEndpoint:
         body: bytes,
         hook: DisconnectHook,
         answer: Callable[[Answer | None], None],
+        only_connection: bool = False,
     ) -> None:
         """`respond` for a body already read (at most `DECODE_IN_THREAD_BYTES`), without a task: `answer`
-        gets what `respond` would return, from this call or a later callback (`server.protocols`)."""
+        gets what `respond` would return, from this call or a later callback (`server.protocols`).
+        `only_connection`: see `serve_soon`."""
         kind = _body_kind(headers)
 
         def decoded() -> Decoded:
@@ -145,7 +147,9 @@ class ActEndpoint:
                 encoded_answer = INTERNAL_ERROR
             answer(encoded_answer)
 
-        serve_soon(self.service, "json" if kind == "json" else "binary", decoded, hook, encoded)
+        serve_soon(
+            self.service, "json" if kind == "json" else "binary", decoded, hook, encoded, only_connection
+        )
 
     async def _read_body(self, headers: dict[bytes, bytes], receive) -> bytes:
         length = headers.get(b"content-length")

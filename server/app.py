@@ -148,9 +148,10 @@ class Om2pApp:
         body: bytes,
         hook: DisconnectHook,
         answer: Callable[[Answer | None], None],
+        only_connection: bool = False,
     ) -> None:
         """For `server.protocols`: `POST /act` without the ASGI request cycle (`ActEndpoint.respond_soon`)."""
-        self.act.respond_soon(headers, body, hook, answer)
+        self.act.respond_soon(headers, body, hook, answer, only_connection)
         if self._admitted:
             self._admitted -= 1  # admitted by `shed` and now queued (or answered): no longer on its way
 

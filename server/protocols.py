@@ -139,7 +139,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if type(cycle) is _DirectCycle:
             try:
-                self.app.direct_act(dict(self.headers), b"".join(cycle.chunks), cycle, cycle.answer)
+                self.app.direct_act(
+                    dict(self.headers),
+                    b"".join(cycle.chunks),
+                    cycle,
+                    cycle.answer,
+                    len(self.connections) == 1,  # nothing else can arrive to batch with it
+                )
             except Exception:  # `direct_act` answers every failure itself; this is the last line of defence
                 self.logger.exception("POST /act failed")
                 if not cycle.response_complete:

@@ -125,12 +125,14 @@ def serve_soon(
     decode: Callable[[], Decoded],
     hook: DisconnectHook,
     answer: Callable[[Reply | None], None],
+    only_connection: bool = False,
 ) -> None:
     """`serve` driven by callbacks instead of a task, for a protocol that gets its input whole from a parser
     callback (`server.protocols`): the same steps, counts, metrics and statuses, and `answer(reply)` (None:
-    the client left) is called exactly once, from this call or from a later callback of the event loop. A
-    task, its coroutine frames and its wake-ups cost about a tenth of the event loop's time per request."""
-    _CallbackRequest(service, protocol, hook, answer).start(decode)
+    the client left) is called exactly once, from this call or from a later callback of the event loop.
+    `only_connection`: the server has no other connection, so no request can arrive to batch with this one
+    and a lone request skips `serve`'s round of the loop."""
+    _CallbackRequest(service, protocol, hook, answer).start(decode, only_connection)
 
 
 class _CallbackRequest:
@@ -149,7 +151,7 @@ class _CallbackRequest:
         self.started = time.perf_counter()
         service.inflight += 1
 
-    def start(self, decode: Callable[[], Decoded]) -> None:
+    def start(self, decode: Callable[[], Decoded], only_connection: bool) -> None:
         service = self.service
         try:
             refusal = service.shed()
@@ -157,7 +159,7 @@ class _CallbackRequest:
                 raise refusal
             self.decoded = decode()
             alone = _alone(service)
-            if alone and service.runtime.batcher.idle():  # type: ignore[union-attr]
+            if alone and not only_connection and service.runtime.batcher.idle():  # type: ignore[union-attr]
                 # As in `serve`: one round of the loop for requests that arrived with it.
                 asyncio.get_running_loop().call_soon(self.queue, True)
                 return

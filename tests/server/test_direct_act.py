@@ -38,9 +38,9 @@ class CountingApp:
     def __getattr__(self, name: str):  # shed, refused_read_pause_s, ...
         return getattr(self.app, name)
 
-    def direct_act(self, headers, body, hook, answer) -> None:
+    def direct_act(self, headers, body, hook, answer, only_connection=False) -> None:
         self.direct_calls += 1
-        self.app.direct_act(headers, body, hook, answer)
+        self.app.direct_act(headers, body, hook, answer, only_connection)
 
 
 class QuietProtocol(protocols.BoundedHttpToolsProtocol):
