@@ -159,9 +159,10 @@ class Om2pApp:
         """For `server.protocols`: the whole HTTP 503 response for a POST that must be refused now, decided
         from its path and the queue depth before anything else is done with the request, or None.
 
-        Requests admitted here reach the queue only when their ASGI tasks run, in the loop's next round;
-        until then they are counted as one row each, so that one round's arrivals cannot all be admitted
-        into a queue that has room for a few (they would each be parsed, then refused)."""
+        Requests admitted here that take the ASGI route reach the queue only when their tasks run, in the
+        loop's next round; until then they are counted as one row each, so that one round's arrivals cannot
+        all be admitted into a queue that has room for a few (they would each be parsed, then refused).
+        A request that `direct_act` takes is queued at once and stops being counted there."""
         if path != b"/act" and not (path.startswith(b"/v2/models/") and path.endswith(b"/infer")):
             return None
         response = early_refusal(self.service, self._admitted)
