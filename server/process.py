@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -89,7 +90,28 @@ class ServerProcess:
             # can come from the first worker up while another still loads its model and answers 503.
             consecutive = 1 if self.workers == 1 else 20 * self.workers
             self.wait_for("/readyz", timeout_s, consecutive=consecutive)
+            if self.workers > 1:
+                self._wait_for_every_worker(timeout_s)
         return self
+
+    def _wait_for_every_worker(self, timeout_s: float) -> None:
+        """A run of 200s can all come from the first worker up (a worker still importing accepts nothing),
+        so also wait for each worker's "serving ..." line, logged once its model is loaded and warm. Skipped
+        when the log level hides it."""
+        level = (
+            self.command[self.command.index("--log-level") + 1] if "--log-level" in self.command else "info"
+        )
+        if level not in ("info", "debug", "trace"):
+            return
+        deadline = time.monotonic() + timeout_s
+        while len(re.findall(r"^(?:\w+:\s+)?serving ", self.log(), re.MULTILINE)) < self.workers:
+            if time.monotonic() > deadline or self.process is None or self.process.poll() is not None:
+                log = self.log()
+                self.stop()
+                raise TimeoutError(
+                    f"om2p serve: fewer than {self.workers} workers loaded their model:\n{log}"
+                )
+            time.sleep(0.05)
 
     def wait_for(self, path: str = "/readyz", timeout_s: float = 60.0, consecutive: int = 1) -> ServerProcess:
         """Poll `GET path` until it answers 200 `consecutive` times in a row; raises with the server's log if

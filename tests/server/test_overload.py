@@ -48,6 +48,13 @@ async def flood(
     return answers
 
 
+@pytest.fixture(scope="module")
+def slower_model(tmp_path_factory) -> Path:
+    """A 3 x 2048 actor: several milliseconds per row, a window wide enough for the flood to queue the next
+    row before the batcher finds its queue empty, even when other jobs share the cores."""
+    return write_synthetic_repository(tmp_path_factory.mktemp("slower"), hidden=(2048, 2048, 2048))
+
+
 def refused_without_body(port: int, attempts: int = 40) -> bool:
     """Send headers announcing a 1 MB body and no body: only a refusal decided from the headers answers."""
     request = (
@@ -129,9 +136,11 @@ def refused_then_next(port: int, seconds: float = 3.0) -> list[tuple[float, floa
     return pairs
 
 
-def test_a_refused_connection_is_not_read_again_for_the_pause(slow_model):
+def test_a_refused_connection_is_not_read_again_for_the_pause(slower_model):
+    # The batcher releases paused connections whenever its queue runs empty (server.held): the forward
+    # pass must be slow enough that the flood always has the next row queued by then.
     server = ServerProcess(
-        slow_model, max_batch_rows=1, max_queue_rows=1, request_timeout_ms=20000, refused_read_pause_ms=400
+        slower_model, max_batch_rows=1, max_queue_rows=1, request_timeout_ms=20000, refused_read_pause_ms=400
     )
     try:
         server.start()
