@@ -1,6 +1,8 @@
 """The one request path: every protocol (JSON, binary and msgpack `/act`, the WebSocket, KServe v2 infer)
 hands it a decoder and gets back a `Reply`; this module alone counts requests in flight, records metrics and
-statistics, and maps failures to statuses. Protocols only decode their input and encode the reply.
+statistics, and maps failures to statuses. Protocols only decode their input and encode the reply. Two
+entries share its steps: `serve` (a coroutine, for the ASGI routes) and `serve_soon` (callbacks, for the
+protocol that answers `/act` straight from uvicorn's parser).
 
 Order of work, cheapest refusal first: a full queue is refused before the input is read or decoded (the
 caller's `decode` is not even called), then the input is decoded and validated against the model being
